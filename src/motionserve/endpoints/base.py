@@ -1,0 +1,109 @@
+"""The seam between the service (api, jobs) and the models (endpoints, inference).
+
+An endpoint is a pydantic `Input`, a pydantic `Output`, an optional `check` for rules pydantic cannot
+express (frame caps), and a `run` function. `run` receives a `RunContext` implemented by the job
+runner: it logs progress, polls for cancellation, reads input files and stores output files without
+knowing where the request came from.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from motionserve.errors import InputValidationError
+
+
+class File(BaseModel):
+    """fal's `File` output type."""
+
+    url: str
+    content_type: str | None = None
+    file_name: str | None = None
+    file_size: int | None = None
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Operator-set bounds that validation needs (from Settings)."""
+
+    max_frames: int = 128  # AnimateDiff frames per request (beyond 32 uses context windows)
+
+
+class RunContext(Protocol):
+    """What a handler may ask of the service while it runs. Implemented in motionserve.jobs.runner."""
+
+    request_id: str
+    limits: Limits
+    models: Any  # motionserve.inference.models.ModelManager: warm pipelines, device, dtype
+
+    def log(self, message: str, level: str = "INFO") -> None:
+        """Append a line to the request's logs (seen by clients with logs=true)."""
+
+    def is_cancelled(self) -> bool:
+        """True once the owner cancelled; handlers poll it every denoising step."""
+
+    def raise_if_cancelled(self) -> None:
+        """Raise JobCancelledError if cancelled."""
+
+    def read_input(self, url: str, field: str) -> bytes:
+        """Bytes behind an http(s) URL, a data: URI or one of our own file URLs.
+
+        Raises InputValidationError naming `field` when it cannot be fetched.
+        """
+
+    def save_output(self, data: bytes, *, content_type: str, file_name: str) -> File:
+        """Store an output file and return its public `File` (absolute URL, type, size)."""
+
+
+class EndpointInput(BaseModel):
+    """Base for inputs: unknown fields are ignored, as fal's endpoints do."""
+
+    model_config = ConfigDict(extra="ignore")
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    endpoint_id: str
+    title: str
+    description: str
+    input_model: type[BaseModel]
+    output_model: type[BaseModel]
+    run: Callable[[Any, RunContext], BaseModel]
+    check: Callable[[Any, Limits], None] | None = None
+    tags: tuple[str, ...] = field(default_factory=tuple)
+
+    def validate(self, payload: Any, limits: Limits) -> BaseModel:
+        """Parse a JSON payload into the input model; raise fal-shaped InputValidationError."""
+        try:
+            parsed = self.input_model.model_validate(payload)
+        except ValidationError as exc:
+            raise InputValidationError(pydantic_errors_to_detail(exc)) from exc
+        if self.check is not None:
+            self.check(parsed, limits)
+        return parsed
+
+
+def pydantic_errors_to_detail(exc: ValidationError) -> list[dict[str, Any]]:
+    """pydantic errors as fal's detail entries: loc prefixed with "body", JSON-safe."""
+    out = []
+    for err in exc.errors(include_url=False):
+        entry: dict[str, Any] = {"loc": ["body", *err["loc"]], "msg": err["msg"], "type": err["type"]}
+        if "input" in err:
+            entry["input"] = _json_safe(err["input"])
+        if err.get("ctx"):
+            entry["ctx"] = {k: _json_safe(v) for k, v in err["ctx"].items()}
+        out.append(entry)
+    return out
+
+
+def _json_safe(value: Any) -> Any:
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    return str(value)

@@ -1,0 +1,84 @@
+"""Errors shared by every layer. A leaf module: it imports nothing of ours.
+
+Each error knows the HTTP status and fal `error_type` it is reported with, so that a failure raised
+deep in a pipeline reaches the client in fal's shape without the inner layers knowing about HTTP.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class MotionserveError(Exception):
+    """Base class. `status_code`/`error_type` say how the failure is reported to the client."""
+
+    status_code: int = 500
+    error_type: str = "internal_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def detail(self) -> Any:
+        """The value of the `detail` key in the JSON error body."""
+        return self.message
+
+
+class InputValidationError(MotionserveError):
+    """One or more input fields are invalid: fal's 422 `{"detail": [{loc, msg, type}, ...]}`.
+
+    `errors` entries follow pydantic v2: `loc` starts with "body", `msg`, `type`, optional `input`/`ctx`.
+    """
+
+    status_code = 422
+    error_type = "validation_error"
+
+    def __init__(self, errors: list[dict[str, Any]]) -> None:
+        self.errors = errors
+        super().__init__("; ".join(f"{'.'.join(map(str, e.get('loc', ())))}: {e.get('msg')}" for e in errors))
+
+    @classmethod
+    def for_field(cls, field: str | tuple[str | int, ...], msg: str, type_: str = "value_error", input: Any = None) -> "InputValidationError":
+        loc = ("body", field) if isinstance(field, str) else ("body", *field)
+        entry: dict[str, Any] = {"loc": list(loc), "msg": msg, "type": type_}
+        if input is not None:
+            entry["input"] = input
+        return cls([entry])
+
+    def detail(self) -> Any:
+        return self.errors
+
+
+class FetchError(MotionserveError):
+    """A remote or local file could not be fetched (bad URL, refused address, too big, too slow...)."""
+
+    status_code = 422
+    error_type = "file_download_error"
+
+
+class ModelUnavailableError(MotionserveError):
+    """A checkpoint the endpoint needs is missing; the message says what and how to get it."""
+
+    status_code = 503
+    error_type = "model_unavailable"
+
+
+class JobCancelledError(MotionserveError):
+    """The request was cancelled by its owner; raised at the next step check. Not a failure."""
+
+    status_code = 499
+    error_type = "client_cancelled"
+
+
+class RequestTimeoutError(MotionserveError):
+    """The request did not start before its `X-Fal-Request-Timeout` deadline."""
+
+    status_code = 504
+    error_type = "request_timeout"
+
+
+class WorkerCrashedError(MotionserveError):
+    """The model process died (OOM, segfault, kill) while running the request."""
+
+    status_code = 503
+    error_type = "runner_disconnected"
