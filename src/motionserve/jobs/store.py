@@ -1,0 +1,332 @@
+"""The durable job store: the only thing the API process and the workers share.
+
+Every status change goes through `Store._transition`, which updates the row guarded by the state
+(and, for workers, the lease holder) it expects, and in the same transaction does what goes with
+the change: the webhook delivery row when the job becomes terminal. A change whose guard no longer
+holds simply does not happen, so racing actors (a cancel and a claim, two workers, a reclaimer
+and a slow heartbeat) can never produce an illegal transition or resurrect a finished job.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from contextlib import contextmanager
+from typing import Any, Callable, Collection, Iterable, Iterator, Sequence
+
+from sqlalchemy import Connection, and_, case, func, insert, or_, select, update
+from sqlalchemy.sql import ColumnElement
+
+from motionserve.jobs import schema
+from motionserve.jobs.models import (
+    ALLOWED_TRANSITIONS,
+    CancelOutcome,
+    Job,
+    JobState,
+    LogLine,
+    error_dict,
+)
+from motionserve.jobs.schema import job_logs, jobs, row_to_job
+from motionserve.jobs.store_keys import KeysMixin
+from motionserve.jobs.store_webhooks import WebhookQueueMixin
+from motionserve.jobs.webhook_payload import webhook_body
+
+CANCELLED_ERROR = error_dict(499, "Request was cancelled", "client_cancelled")
+
+
+class Store(KeysMixin, WebhookQueueMixin):
+    """Jobs, logs, pending webhooks, API keys and the webhook signing key, in SQLite or PostgreSQL.
+
+    `clock` (epoch seconds) is injectable so tests can expire leases and deadlines without sleeping.
+    """
+
+    def __init__(self, url: str, *, clock: Callable[[], float] = time.time) -> None:
+        self.url = schema.normalize_url(url)
+        self._engine = schema.make_engine(self.url)
+        self._is_postgres = self._engine.dialect.name == "postgresql"
+        self._clock = clock
+        self._signing_key_cache: Any = None
+
+    def create_all(self) -> None:
+        schema.metadata.create_all(self._engine)
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+    # -- transactions -----------------------------------------------------------------------
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        with self._engine.connect() as conn:
+            conn = conn.execution_options(**{schema.WRITE_OPTION: True})
+            with conn.begin():
+                yield conn
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        with self._engine.connect() as conn:
+            with conn.begin():
+                yield conn
+
+    def _locking(self, stmt: Any, *, skip_locked: bool = False) -> Any:
+        """Row locks on PostgreSQL; SQLite's BEGIN IMMEDIATE already serializes all writers."""
+        return stmt.with_for_update(skip_locked=skip_locked) if self._is_postgres else stmt
+
+    # -- the one place a job's status changes -------------------------------------------------
+
+    def _transition(
+        self,
+        conn: Connection,
+        job_id: str,
+        expected: JobState | Collection[JobState],
+        new: JobState,
+        *,
+        values: dict[str, Any] | None = None,
+        guards: Sequence[ColumnElement[bool]] = (),
+    ) -> bool:
+        """Move `job_id` from one of `expected` to `new`; False (nothing changed) if it was not there."""
+        expected_set = {expected} if isinstance(expected, JobState) else set(expected)
+        illegal = [e for e in expected_set if new not in ALLOWED_TRANSITIONS[e]]
+        if illegal:
+            raise ValueError(f"illegal job transition {[e.value for e in illegal]} -> {new.value}")
+        changes: dict[str, Any] = {"state": new.value, **(values or {})}
+        if new.is_terminal:
+            changes.setdefault("finished_at", self._clock())
+            changes["lease_expires_at"] = None
+        stmt = (
+            update(jobs)
+            .where(jobs.c.id == job_id, jobs.c.state.in_([e.value for e in expected_set]), *guards)
+            .values(**changes)
+        )
+        if conn.execute(stmt).rowcount != 1:
+            return False
+        if new.is_terminal:
+            job = self._get(conn, job_id)
+            if job is not None and job.webhook_url:
+                self._enqueue_webhook(conn, job, webhook_body(job))
+        return True
+
+    # -- API side ---------------------------------------------------------------------------
+
+    def submit(
+        self,
+        *,
+        owner: str,
+        endpoint_id: str,
+        input: dict[str, Any],
+        priority: int = 0,
+        start_deadline: float | None = None,
+        webhook_url: str | None = None,
+        base_url: str,
+        file_retention_s: int | None = None,
+    ) -> Job:
+        job_id = str(uuid.uuid4())
+        with self._write() as conn:
+            conn.execute(
+                insert(jobs).values(
+                    id=job_id,
+                    owner=owner,
+                    endpoint_id=endpoint_id,
+                    input=input,
+                    state=JobState.QUEUED.value,
+                    priority=priority,
+                    created_at=self._clock(),
+                    start_deadline=start_deadline,
+                    attempts=0,
+                    cancel_requested=False,
+                    webhook_url=webhook_url,
+                    base_url=base_url,
+                    file_retention_s=file_retention_s,
+                )
+            )
+            job = self._get(conn, job_id)
+        assert job is not None
+        return job
+
+    def get(self, job_id: str) -> Job | None:
+        with self._read() as conn:
+            return self._get(conn, job_id)
+
+    def _get(self, conn: Connection, job_id: str) -> Job | None:
+        row = conn.execute(select(jobs).where(jobs.c.id == job_id)).first()
+        return row_to_job(row) if row is not None else None
+
+    def queue_position(self, job: Job) -> int:
+        """How many queued jobs run before this one (priority first, then submit order); 0 if not queued."""
+        with self._read() as conn:
+            me = conn.execute(select(jobs.c.seq, jobs.c.priority, jobs.c.state).where(jobs.c.id == job.id)).first()
+            if me is None or me.state != JobState.QUEUED.value:
+                return 0
+            ahead = or_(jobs.c.priority < me.priority, and_(jobs.c.priority == me.priority, jobs.c.seq < me.seq))
+            count = conn.execute(
+                select(func.count()).select_from(jobs).where(jobs.c.state == JobState.QUEUED.value, ahead)
+            ).scalar_one()
+        return int(count)
+
+    def logs(self, job_id: str, after_seq: int = 0) -> list[LogLine]:
+        with self._read() as conn:
+            rows = conn.execute(
+                select(job_logs.c.seq, job_logs.c.timestamp, job_logs.c.level, job_logs.c.message)
+                .where(job_logs.c.job_id == job_id, job_logs.c.seq > after_seq)
+                .order_by(job_logs.c.seq)
+            ).all()
+        return [LogLine(seq=r.seq, timestamp=r.timestamp, level=r.level, message=r.message) for r in rows]
+
+    def request_cancel(self, job_id: str) -> CancelOutcome | None:
+        """Cancel a queued job now, or flag a running one for its worker; None if there is no such job."""
+        with self._write() as conn:
+            row = conn.execute(self._locking(select(jobs.c.state).where(jobs.c.id == job_id))).first()
+            if row is None:
+                return None
+            state = JobState(row.state)
+            if state is JobState.QUEUED:
+                if self._transition(conn, job_id, JobState.QUEUED, JobState.CANCELLED, values={"error": CANCELLED_ERROR}):
+                    return CancelOutcome.CANCELLED
+            elif state is JobState.RUNNING:
+                flagged = conn.execute(
+                    update(jobs)
+                    .where(jobs.c.id == job_id, jobs.c.state == JobState.RUNNING.value)
+                    .values(cancel_requested=True)
+                ).rowcount
+                if flagged:
+                    return CancelOutcome.REQUESTED
+            return CancelOutcome.ALREADY_COMPLETED
+
+    # -- worker side ------------------------------------------------------------------------
+
+    def claim(self, worker_id: str, lease_s: float, endpoint_ids: Iterable[str] | None = None) -> Job | None:
+        """Expire queued jobs past their start deadline, then take the next queued job, if any."""
+        with self._write() as conn:
+            now = self._clock()
+            self._expire_start_deadlines(conn, now)
+            query = select(jobs.c.id).where(jobs.c.state == JobState.QUEUED.value)
+            if endpoint_ids is not None:
+                query = query.where(jobs.c.endpoint_id.in_(list(endpoint_ids)))
+            query = self._locking(query.order_by(jobs.c.priority, jobs.c.seq).limit(1), skip_locked=True)
+            job_id = conn.execute(query).scalar()
+            if job_id is None:
+                return None
+            claimed = self._transition(
+                conn,
+                job_id,
+                JobState.QUEUED,
+                JobState.RUNNING,
+                values={
+                    "worker_id": worker_id,
+                    "lease_expires_at": now + lease_s,
+                    "attempts": jobs.c.attempts + 1,
+                    "started_at": now,
+                },
+            )
+            return self._get(conn, job_id) if claimed else None
+
+    def _expire_start_deadlines(self, conn: Connection, now: float) -> int:
+        query = select(jobs.c.id).where(
+            jobs.c.state == JobState.QUEUED.value, jobs.c.start_deadline.is_not(None), jobs.c.start_deadline < now
+        )
+        expired = 0
+        for job_id in conn.execute(self._locking(query, skip_locked=True)).scalars().all():
+            # fal marks a start timeout the client asked for as type "user" (X-Fal-Request-Timeout-Type).
+            error = error_dict(504, "Request timed out", "request_timeout", timeout_type="user")
+            expired += self._transition(conn, job_id, JobState.QUEUED, JobState.FAILED, values={"error": error})
+        return expired
+
+    def heartbeat(self, job_id: str, worker_id: str, lease_s: float) -> Job | None:
+        """Extend the lease; None when this worker no longer holds the job. Carries `cancel_requested`."""
+        with self._write() as conn:
+            renewed = conn.execute(
+                update(jobs)
+                .where(jobs.c.id == job_id, jobs.c.state == JobState.RUNNING.value, jobs.c.worker_id == worker_id)
+                .values(lease_expires_at=self._clock() + lease_s)
+            ).rowcount
+            return self._get(conn, job_id) if renewed else None
+
+    def append_logs(self, job_id: str, lines: Sequence[tuple[Any, ...]]) -> None:
+        """Add `(level, message)` or `(level, message, timestamp)` lines, numbered after the last one."""
+        if not lines:
+            return
+        with self._write() as conn:
+            # Lock the job row so two appenders on PostgreSQL cannot pick the same next seq.
+            if conn.execute(self._locking(select(jobs.c.id).where(jobs.c.id == job_id))).first() is None:
+                return
+            last = conn.execute(select(func.max(job_logs.c.seq)).where(job_logs.c.job_id == job_id)).scalar() or 0
+            now = self._clock()
+            rows = []
+            for offset, line in enumerate(lines, start=1):
+                level, message = str(line[0]), str(line[1])
+                timestamp = float(line[2]) if len(line) > 2 and line[2] is not None else now
+                rows.append({"job_id": job_id, "seq": last + offset, "timestamp": timestamp, "level": level, "message": message})
+            conn.execute(insert(job_logs), rows)
+
+    def finish(
+        self,
+        job_id: str,
+        worker_id: str,
+        *,
+        result: dict[str, Any] | None = None,
+        error: dict[str, Any] | None = None,
+        cancelled: bool = False,
+        inference_time: float | None = None,
+    ) -> bool:
+        """Record the outcome of a running job this worker holds; False if its lease was lost."""
+        if cancelled:
+            new, values = JobState.CANCELLED, {"error": error or CANCELLED_ERROR}
+        elif error is not None:
+            new, values = JobState.FAILED, {"error": error}
+        else:
+            new, values = JobState.SUCCEEDED, {"result": result if result is not None else {}}
+        values["inference_time"] = inference_time
+        with self._write() as conn:
+            return self._transition(
+                conn, job_id, JobState.RUNNING, new, values=values, guards=[jobs.c.worker_id == worker_id]
+            )
+
+    def release(self, job_id: str, worker_id: str) -> bool:
+        """Put a job this worker holds back in the queue (worker shutting down); it keeps its place.
+
+        The attempt is not counted: the job did not fail, its worker was asked to stop.
+        """
+        with self._write() as conn:
+            return self._transition(
+                conn,
+                job_id,
+                JobState.RUNNING,
+                JobState.QUEUED,
+                values={
+                    "worker_id": None,
+                    "lease_expires_at": None,
+                    "started_at": None,
+                    "attempts": case((jobs.c.attempts > 0, jobs.c.attempts - 1), else_=0),
+                },
+                guards=[jobs.c.worker_id == worker_id],
+            )
+
+    def reclaim_expired(self, max_attempts: int) -> int:
+        """Running jobs whose lease ran out: requeue, or fail after `max_attempts`; cancel if asked."""
+        now = self._clock()
+        changed = 0
+        with self._write() as conn:
+            query = select(jobs.c.id, jobs.c.attempts, jobs.c.cancel_requested).where(
+                jobs.c.state == JobState.RUNNING.value, jobs.c.lease_expires_at < now
+            )
+            for row in conn.execute(self._locking(query, skip_locked=True)).all():
+                still_expired = [jobs.c.lease_expires_at < now]
+                if row.cancel_requested:
+                    ok = self._transition(
+                        conn, row.id, JobState.RUNNING, JobState.CANCELLED,
+                        values={"error": CANCELLED_ERROR}, guards=still_expired,
+                    )
+                elif row.attempts < max_attempts:
+                    ok = self._transition(
+                        conn, row.id, JobState.RUNNING, JobState.QUEUED,
+                        values={"worker_id": None, "lease_expires_at": None, "started_at": None},
+                        guards=still_expired,
+                    )
+                else:
+                    detail = f"The worker running this request stopped responding {row.attempts} times; giving up"
+                    ok = self._transition(
+                        conn, row.id, JobState.RUNNING, JobState.FAILED,
+                        values={"error": error_dict(503, detail, "runner_disconnected")}, guards=still_expired,
+                    )
+                changed += ok
+        return changed

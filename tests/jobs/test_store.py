@@ -1,0 +1,233 @@
+"""The store's job lifecycle, queue order, deadlines, leases, logs, keys and webhook rows (SQLite + PostgreSQL)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from motionserve.jobs.models import CancelOutcome, JobState, Priority
+from motionserve.jobs.store import Store
+
+
+def submit(store: Store, **kw: Any):  # type: ignore[no-untyped-def]
+    args: dict[str, Any] = {"owner": "alice", "endpoint_id": "fal-ai/fast-animatediff/text-to-video",
+                            "input": {"prompt": "a cat"}, "base_url": "http://127.0.0.1:8000"}
+    args.update(kw)
+    return store.submit(**args)
+
+
+def test_submit_and_get_round_trip(store: Store, clock) -> None:  # type: ignore[no-untyped-def]
+    job = submit(store, input={"prompt": "a cat", "num_frames": 16}, webhook_url="https://hook.example/x",
+                 file_retention_s=60, start_deadline=clock.now + 30)
+    got = store.get(job.id)
+    assert got == job
+    assert got.state is JobState.QUEUED and got.attempts == 0 and not got.cancel_requested
+    assert got.input == {"prompt": "a cat", "num_frames": 16}
+    assert got.created_at == clock.now and got.file_retention_s == 60
+    assert store.get("00000000-0000-0000-0000-000000000000") is None
+
+
+def test_queue_order_is_priority_then_submit_order(store: Store) -> None:
+    low = submit(store, priority=Priority.LOW)
+    first = submit(store)
+    second = submit(store)
+    assert [store.queue_position(j) for j in (first, second, low)] == [0, 1, 2]
+    claimed = [store.claim("w", 30).id for _ in range(3)]  # type: ignore[union-attr]
+    assert claimed == [first.id, second.id, low.id]
+    assert store.claim("w", 30) is None
+    assert store.queue_position(store.get(first.id)) == 0  # type: ignore[arg-type]
+
+
+def test_claim_filters_endpoints(store: Store) -> None:
+    a = submit(store, endpoint_id="a/x")
+    b = submit(store, endpoint_id="b/y")
+    assert store.claim("w", 30, endpoint_ids=["b/y"]).id == b.id  # type: ignore[union-attr]
+    assert store.claim("w", 30, endpoint_ids=["c/z"]) is None
+    assert store.claim("w", 30).id == a.id  # type: ignore[union-attr]
+
+
+def test_claim_marks_running_with_lease(store: Store, clock) -> None:  # type: ignore[no-untyped-def]
+    job = submit(store)
+    claimed = store.claim("worker-1", 30)
+    assert claimed is not None and claimed.id == job.id
+    assert claimed.state is JobState.RUNNING and claimed.worker_id == "worker-1"
+    assert claimed.attempts == 1 and claimed.started_at == clock.now
+    assert claimed.lease_expires_at == clock.now + 30
+
+
+def test_start_deadline_expires_queued_job_as_user_timeout(store: Store, clock) -> None:  # type: ignore[no-untyped-def]
+    late = submit(store, start_deadline=clock.now + 5, webhook_url="https://hook.example/x")
+    ok = submit(store, start_deadline=clock.now + 100)
+    clock.advance(10)
+    claimed = store.claim("w", 30)
+    assert claimed is not None and claimed.id == ok.id
+    failed = store.get(late.id)
+    assert failed.state is JobState.FAILED  # type: ignore[union-attr]
+    assert failed.error == {"status_code": 504, "detail": "Request timed out",  # type: ignore[union-attr]
+                            "error_type": "request_timeout", "timeout_type": "user"}
+    assert len(store.webhook_deliveries(late.id)) == 1
+
+
+def test_heartbeat_extends_lease_and_reports_cancel(store: Store, clock) -> None:  # type: ignore[no-untyped-def]
+    job = submit(store)
+    store.claim("w1", 30)
+    clock.advance(20)
+    beat = store.heartbeat(job.id, "w1", 30)
+    assert beat is not None and beat.lease_expires_at == clock.now + 30 and not beat.cancel_requested
+    assert store.heartbeat(job.id, "someone-else", 30) is None
+    assert store.request_cancel(job.id) is CancelOutcome.REQUESTED
+    assert store.heartbeat(job.id, "w1", 30).cancel_requested  # type: ignore[union-attr]
+
+
+def test_cancel_outcomes(store: Store) -> None:
+    queued = submit(store)
+    assert store.request_cancel(queued.id) is CancelOutcome.CANCELLED
+    cancelled = store.get(queued.id)
+    assert cancelled.state is JobState.CANCELLED and cancelled.finished_at is not None  # type: ignore[union-attr]
+    assert cancelled.error["error_type"] == "client_cancelled"  # type: ignore[index, union-attr]
+    assert store.claim("w", 30) is None  # a cancelled job is never run
+    assert store.request_cancel(queued.id) is CancelOutcome.ALREADY_COMPLETED
+    assert store.request_cancel("no-such-job") is None
+
+
+def test_finish_outcomes_and_lost_lease(store: Store) -> None:
+    ok, bad, stop = submit(store), submit(store), submit(store)
+    for _ in range(3):
+        store.claim("w", 30)
+    assert not store.finish(ok.id, "intruder", result={"x": 1})
+    assert store.finish(ok.id, "w", result={"video": {"url": "u"}}, inference_time=1.5)
+    assert not store.finish(ok.id, "w", result={"again": True})  # terminal never changes
+    error = {"status_code": 422, "detail": [{"loc": ["body", "prompt"], "msg": "bad", "type": "value_error"}],
+             "error_type": "validation_error"}
+    assert store.finish(bad.id, "w", error=error)
+    assert store.finish(stop.id, "w", cancelled=True)
+    done = store.get(ok.id)
+    assert done.state is JobState.SUCCEEDED and done.result == {"video": {"url": "u"}}  # type: ignore[union-attr]
+    assert done.inference_time == 1.5 and done.lease_expires_at is None  # type: ignore[union-attr]
+    assert store.get(bad.id).error == error  # type: ignore[union-attr]
+    assert store.get(stop.id).state is JobState.CANCELLED  # type: ignore[union-attr]
+
+
+def test_reclaim_requeues_then_gives_up(store: Store, clock) -> None:  # type: ignore[no-untyped-def]
+    job = submit(store)
+    later = submit(store)
+    for attempt in (1, 2):
+        claimed = store.claim(f"w{attempt}", 30)
+        assert claimed is not None and claimed.id == job.id and claimed.attempts == attempt
+        clock.advance(31)
+        assert store.reclaim_expired(max_attempts=2) == (1 if attempt == 1 else 1)
+        if attempt == 1:
+            requeued = store.get(job.id)
+            assert requeued.state is JobState.QUEUED and requeued.worker_id is None  # type: ignore[union-attr]
+            assert store.queue_position(requeued) == 0  # type: ignore[arg-type]  # keeps its place before `later`
+            assert not store.finish(job.id, "w1", result={})  # the old worker lost it
+    failed = store.get(job.id)
+    assert failed.state is JobState.FAILED  # type: ignore[union-attr]
+    assert failed.error == {"status_code": 503, "error_type": "runner_disconnected",  # type: ignore[union-attr]
+                            "detail": "The worker running this request stopped responding 2 times; giving up"}
+    assert store.get(later.id).state is JobState.QUEUED  # type: ignore[union-attr]
+
+
+def test_reclaim_leaves_live_leases_and_cancels_cancel_requested(store: Store, clock) -> None:  # type: ignore[no-untyped-def]
+    live, doomed = submit(store), submit(store)
+    store.claim("w", 30)
+    store.claim("w", 10)
+    store.request_cancel(doomed.id)
+    clock.advance(15)
+    assert store.reclaim_expired(max_attempts=3) == 1
+    assert store.get(live.id).state is JobState.RUNNING  # type: ignore[union-attr]
+    assert store.get(doomed.id).state is JobState.CANCELLED  # type: ignore[union-attr]
+
+
+def test_release_requeues_without_counting_attempt(store: Store) -> None:
+    job = submit(store)
+    store.claim("w", 30)
+    assert not store.release(job.id, "other")
+    assert store.release(job.id, "w")
+    back = store.get(job.id)
+    assert back.state is JobState.QUEUED and back.attempts == 0 and back.worker_id is None  # type: ignore[union-attr]
+
+
+def test_logs_are_numbered_and_paged(store: Store, clock) -> None:  # type: ignore[no-untyped-def]
+    job = submit(store)
+    store.append_logs(job.id, [("INFO", "step 1/2"), ("INFO", "step 2/2", clock.now - 1)])
+    store.append_logs(job.id, [("ERROR", "boom")])
+    store.append_logs(job.id, [])
+    lines = store.logs(job.id)
+    assert [(l.seq, l.level, l.message) for l in lines] == [(1, "INFO", "step 1/2"), (2, "INFO", "step 2/2"), (3, "ERROR", "boom")]
+    assert lines[1].timestamp == clock.now - 1 and lines[0].timestamp == clock.now
+    assert [l.seq for l in store.logs(job.id, after_seq=2)] == [3]
+    store.append_logs("no-such-job", [("INFO", "ignored")])
+    assert store.logs("no-such-job") == []
+
+
+def test_terminal_job_with_webhook_enqueues_fal_payload(store: Store) -> None:
+    import json
+
+    ok = submit(store, webhook_url="https://hook.example/ok")
+    bad = submit(store, webhook_url="https://hook.example/bad")
+    plain = submit(store)
+    for _ in range(3):
+        store.claim("w", 30)
+    store.finish(ok.id, "w", result={"video": {"url": "u"}})
+    store.finish(bad.id, "w", error={"status_code": 422, "detail": [{"msg": "m"}], "error_type": "validation_error"})
+    store.finish(plain.id, "w", result={})
+    assert store.webhook_deliveries(plain.id) == []
+    due = {w.job_id: w for w in store.due_webhooks()}
+    assert set(due) == {ok.id, bad.id}
+    assert json.loads(due[ok.id].body) == {"request_id": ok.id, "gateway_request_id": ok.id, "status": "OK",
+                                          "payload": {"video": {"url": "u"}}, "error": None}
+    assert json.loads(due[bad.id].body) == {"request_id": bad.id, "gateway_request_id": bad.id, "status": "ERROR",
+                                           "error": "Invalid status code: 422", "payload": {"detail": [{"msg": "m"}]}}
+    assert due[ok.id].owner == "alice" and due[ok.id].url == "https://hook.example/ok"
+    assert store.due_webhooks() == []  # claimed by the first caller while in flight
+
+
+def test_webhook_attempts_retry_then_give_up(store: Store, clock) -> None:  # type: ignore[no-untyped-def]
+    job = submit(store, webhook_url="https://hook.example/x")
+    store.claim("w", 30)
+    store.finish(job.id, "w", result={})
+    for attempt in range(1, 11):
+        (pending,) = store.due_webhooks()
+        assert pending.attempts == attempt - 1
+        store.record_webhook_attempt(pending.id, False, f"HTTP 500 #{attempt}", next_attempt_at=clock.now + 5)
+        clock.advance(6)
+    assert store.due_webhooks() == []
+    (record,) = store.webhook_deliveries(job.id)
+    assert record["state"] == "failed" and record["attempts"] == 10 and record["last_error"] == "HTTP 500 #10"
+
+
+def test_webhook_delivered(store: Store) -> None:
+    job = submit(store, webhook_url="https://hook.example/x")
+    store.claim("w", 30)
+    store.finish(job.id, "w", result={})
+    (pending,) = store.due_webhooks()
+    store.record_webhook_attempt(pending.id, True)
+    (record,) = store.webhook_deliveries(job.id)
+    assert record["state"] == "delivered" and record["attempts"] == 1
+
+
+def test_api_keys(store: Store) -> None:
+    assert not store.has_keys()
+    key_id, secret = store.create_key("alice", label="laptop")
+    assert store.has_keys()
+    assert store.verify_key(key_id, secret) == "alice"
+    assert store.verify_key(key_id, secret + "0") is None
+    assert store.verify_key("unknown", secret) is None
+    (listed,) = store.list_keys()
+    assert (listed.key_id, listed.owner, listed.label, listed.revoked) == (key_id, "alice", "laptop", False)
+    assert secret not in repr(store.list_keys())
+    assert store.revoke_key(key_id) and not store.revoke_key(key_id)
+    assert store.verify_key(key_id, secret) is None
+    assert store.list_keys()[0].revoked and store.has_keys()
+
+
+def test_signing_key_is_shared_by_every_store_instance(store: Store, db_url: str) -> None:
+    key = store.signing_key()
+    assert isinstance(key, Ed25519PrivateKey)
+    other = Store(db_url)
+    try:
+        assert other.signing_key().public_key().public_bytes_raw() == key.public_key().public_bytes_raw()
+    finally:
+        other.close()
