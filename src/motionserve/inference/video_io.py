@@ -19,16 +19,17 @@ Decisions worth knowing:
 from __future__ import annotations
 
 import io
-import math
-import os
-import tempfile
 from dataclasses import dataclass
-from fractions import Fraction
-from typing import Iterator, Sequence
+from typing import Iterator
 
 import av
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from motionserve.inference.frame_sampling import EPS, NearestSampler, StreamClock
+from motionserve.inference.video_encode import to_rgb, encode_mp4
+
+__all__ = ["DecodedVideo", "MediaDecodeError", "VideoInfo", "decode_image", "decode_video", "encode_mp4", "probe_video"]
 
 DEFAULT_MAX_PIXELS = 4096 * 4096
 # Without an explicit `max_frames`, more output frames than this is refused rather than held in memory.
@@ -37,8 +38,6 @@ DEFAULT_FRAME_LIMIT = 1024
 MAX_DECODED_FRAMES = 20_000
 # FFmpeg demuxers that read single still images; a "video" in one of these is refused.
 _STILL_IMAGE_DEMUXERS = ("image2", "_pipe")
-# Slack when comparing timestamps that went through integer time bases (1/90000, 1/15360...).
-_EPS = 1e-4
 
 
 class MediaDecodeError(Exception):
@@ -130,76 +129,97 @@ def decode_video(
     with _open_video(data) as (container, stream):
         _check_declared_size(stream, max_pixels)
         declared_fps = _declared_fps(stream)
-        sampler = _Sampler(sample_fps)
-        kept: list[Image.Image] = []
-        size: tuple[int, int] | None = None  # decoded (pre-rotation) size of the first frame
-        rotation = 0
-        t0: float | None = None
-        last_t = 0.0
-        last_step = 0.0  # gap between the last two decoded frames: the last frame's duration
-        decoded = 0
-        full = False  # stopped because enough frames were kept (not by time or end of stream)
-
-        def keep(frame: av.VideoFrame) -> None:
-            nonlocal full
-            if len(kept) >= DEFAULT_FRAME_LIMIT and max_frames is None:
-                raise MediaDecodeError(f"the video has more than {DEFAULT_FRAME_LIMIT} frames; use a shorter clip")
-            if (frame.width, frame.height) != size:  # resolution changed mid-stream
-                frame = frame.reformat(width=size[0], height=size[1])
-            kept.append(_upright(frame.to_image(), rotation))
-            full = max_frames is not None and len(kept) >= max_frames
-
+        sampler: NearestSampler[av.VideoFrame] = NearestSampler(sample_fps)
+        kept = _KeptFrames(max_frames, max_pixels)
+        clock = StreamClock(declared_fps)
+        reached_end = True  # False when a limit stopped decoding before the end of the stream
         for frame in _decode_frames(container, stream):
-            if size is None:
-                rotation = _rotation_of(frame)
-                _check_pixels(frame.width, frame.height, max_pixels)
-                size = (frame.width, frame.height)
-            t = _frame_time(frame, decoded, declared_fps)
-            if t0 is None:
-                t0 = t
-            t -= t0
-            if max_seconds is not None and t >= max_seconds - _EPS:
+            t = clock.time_of(frame.time)
+            if max_seconds is not None and t >= max_seconds - EPS:
+                reached_end = False
                 break
-            decoded += 1
-            if decoded > MAX_DECODED_FRAMES:
+            clock.advance(t, float(frame.duration * frame.time_base) if frame.duration and frame.time_base else None)
+            if clock.count > MAX_DECODED_FRAMES:
                 raise MediaDecodeError(f"the video has more than {MAX_DECODED_FRAMES} frames; use a shorter clip")
-            if decoded > 1 and t > last_t:
-                last_step = t - last_t
-            last_t = max(last_t, t)
-            if (decoded - 1) % every_nth:
+            if (clock.count - 1) % every_nth:
                 continue
-            for chosen in sampler.push(frame, t):
-                keep(chosen)
-                if full:
-                    break
-            if full:
+            kept.extend(sampler.push(frame, t))
+            if kept.full:
+                reached_end = False
                 break
 
-        if size is None:
+        if clock.count == 0:
             raise MediaDecodeError("the video has no frames that can be decoded")
-        source_fps = declared_fps or _measured_fps(decoded, last_t)
-        if not full:
-            span = last_t + (last_step or (1.0 / source_fps if source_fps else 0.0))
-            if max_seconds is not None:
-                span = min(span, max_seconds)
-            for chosen in sampler.finish(span):
-                keep(chosen)
-                if full:
-                    break
-        duration = _container_duration(container, stream)
-        if duration is None and not full and max_seconds is None:
-            duration = last_t + last_step
+        source_fps = declared_fps or clock.measured_fps()
+        if not kept.full:
+            span = clock.end if max_seconds is None else min(clock.end, max_seconds)
+            kept.extend(sampler.finish(span))
+        if reached_end:
+            _check_complete(container, stream, clock)
+        duration = _container_duration(container, stream) or (clock.end if reached_end else None)
 
-    width, height = kept[0].size
     fps = sample_fps if sample_fps is not None else source_fps / every_nth
+    width, height = kept.frames[0].size
     return DecodedVideo(
-        frames=kept,
+        frames=kept.frames,
         fps=float(fps),
         source_fps=float(source_fps),
         width=width,
         height=height,
         duration_s=duration,
     )
+
+
+class _KeptFrames:
+    """Frames returned to the caller: upright RGB, one size, at most `max_frames` (or the default cap)."""
+
+    def __init__(self, max_frames: int | None, max_pixels: int) -> None:
+        self.max_frames = max_frames
+        self.max_pixels = max_pixels
+        self.frames: list[Image.Image] = []
+        self.size: tuple[int, int] | None = None  # decoded (pre-rotation) size of the first frame
+        self.rotation = 0
+
+    @property
+    def full(self) -> bool:
+        return self.max_frames is not None and len(self.frames) >= self.max_frames
+
+    def extend(self, frames: Iterator[av.VideoFrame]) -> None:
+        for frame in frames:
+            if self.full:
+                return
+            self.add(frame)
+
+    def add(self, frame: av.VideoFrame) -> None:
+        if self.max_frames is None and len(self.frames) >= DEFAULT_FRAME_LIMIT:
+            raise MediaDecodeError(f"the video has more than {DEFAULT_FRAME_LIMIT} frames; use a shorter clip")
+        if self.size is None:
+            _check_pixels(frame.width, frame.height, self.max_pixels)
+            self.size = (frame.width, frame.height)
+            self.rotation = _rotation_of(frame)
+        elif (frame.width, frame.height) != self.size:  # resolution changed mid-stream
+            frame = frame.reformat(width=self.size[0], height=self.size[1])
+        self.frames.append(_upright(frame.to_image(), self.rotation))
+
+
+def _check_complete(container: av.container.InputContainer, stream: av.video.stream.VideoStream, clock: StreamClock) -> None:
+    """A file cut short (interrupted upload, partial copy) decodes its first part without error;
+    refuse it rather than silently return a shorter video. A few undecodable frames are tolerated."""
+    declared = stream.frames
+    if declared:
+        if clock.count < declared - max(2, declared // 50):
+            raise MediaDecodeError(
+                f"the video is truncated or corrupt: only {clock.count} of its {declared} frames could be decoded"
+            )
+        return
+    # No frame index (Matroska/WebM): compare with the declared duration, but only without audio,
+    # whose track may legitimately run longer than the video.
+    duration = _container_duration(container, stream)
+    if duration and not container.streams.audio and clock.end < 0.9 * duration - 0.25:
+        raise MediaDecodeError(
+            f"the video is truncated or corrupt: its header says {duration:.2f} s but only"
+            f" {clock.end:.2f} s could be decoded"
+        )
 
 
 def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
@@ -214,7 +234,9 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.
         image = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
         return _first_frame_via_ffmpeg(data, max_pixels)
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError as exc:  # Pillow's own ceiling, far above ours
+        raise MediaDecodeError(f"the picture is too large to decode ({exc})") from exc
+    except (OSError, ValueError) as exc:
         raise MediaDecodeError(f"the image cannot be read: {exc}") from exc
     with image:
         # Size is known from the header: refuse huge images before allocating their pixels.
@@ -224,7 +246,7 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.
             upright = ImageOps.exif_transpose(image)
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
             raise MediaDecodeError(f"the image is corrupt or truncated: {exc}") from exc
-        rgb = _to_rgb(upright)
+        rgb = to_rgb(upright)
         # Closing `image` frees its pixels; never hand back the object the `with` closes.
         return rgb.copy() if rgb is image else rgb
 
@@ -242,115 +264,7 @@ def _first_frame_via_ffmpeg(data: bytes, max_pixels: int) -> Image.Image:
         raise MediaDecodeError("the file is not an image in a supported format (PNG, JPEG, WebP, GIF)") from exc
 
 
-# ---------------------------------------------------------------------------------------------- encode
-
-
-def encode_mp4(frames: Sequence[Image.Image | np.ndarray], fps: float, *, crf: int = 18) -> bytes:
-    """Encode frames as an H.264 (libx264) yuv420p MP4 with the moov atom first (plays in browsers).
-
-    Frames are PIL images or HxWx3 (or HxW / HxWx4) arrays, uint8 or float in [0, 1] (diffusers'
-    `output_type="np"`). All frames must have the same size. Odd widths/heights are padded by one
-    pixel, replicating the edge, since 4:2:0 chroma subsampling needs even dimensions. The frame
-    rate is stored as an exact fraction (8, 7.5, 29.97 fps), one frame per tick.
-    """
-    if not frames:
-        raise ValueError("encode_mp4 needs at least one frame")
-    if not (fps > 0 and math.isfinite(fps)):
-        raise ValueError(f"fps must be a positive number, got {fps!r}")
-    rate = Fraction(fps).limit_denominator(1001)
-    arrays = [_as_rgb_array(f) for f in frames]
-    height, width = arrays[0].shape[:2]
-    for i, a in enumerate(arrays):
-        if a.shape[:2] != (height, width):
-            raise ValueError(f"frame {i} is {a.shape[1]}x{a.shape[0]}, expected {width}x{height}")
-    pad_h, pad_w = height % 2, width % 2
-
-    # +faststart rewrites the file after the mdat is written, which FFmpeg only does on a real file.
-    with tempfile.TemporaryDirectory(prefix="motionserve-enc-") as tmp:
-        path = os.path.join(tmp, "out.mp4")
-        try:
-            with av.open(path, mode="w", format="mp4", options={"movflags": "+faststart"}) as container:
-                stream = container.add_stream("libx264", rate=rate)
-                stream.width, stream.height = width + pad_w, height + pad_h
-                stream.pix_fmt = "yuv420p"
-                stream.codec_context.time_base = 1 / rate
-                # BT.709, limited range: what browsers assume for untagged H.264; tag it explicitly.
-                stream.codec_context.colorspace = 1
-                stream.codec_context.color_primaries = 1
-                stream.codec_context.color_trc = 1
-                stream.codec_context.color_range = 1
-                stream.options = {"crf": str(crf), "preset": "medium"}
-                for index, array in enumerate(arrays):
-                    if pad_h or pad_w:
-                        array = np.pad(array, ((0, pad_h), (0, pad_w), (0, 0)), mode="edge")
-                    frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(array), format="rgb24")
-                    frame = frame.reformat(format="yuv420p", dst_colorspace="ITU709", dst_color_range="MPEG")
-                    frame.pts = index
-                    frame.time_base = stream.codec_context.time_base
-                    container.mux(stream.encode(frame))
-                container.mux(stream.encode(None))
-        except av.FFmpegError as exc:
-            raise RuntimeError(f"H.264 encoding failed: {exc}") from exc
-        with open(path, "rb") as fh:
-            return fh.read()
-
-
-def _as_rgb_array(frame: Image.Image | np.ndarray) -> np.ndarray:
-    if isinstance(frame, Image.Image):
-        return np.asarray(_to_rgb(frame))
-    array = np.asarray(frame)
-    if array.dtype != np.uint8:
-        if np.issubdtype(array.dtype, np.floating):
-            array = np.clip(np.nan_to_num(array) * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        else:
-            array = np.clip(array, 0, 255).astype(np.uint8)
-    if array.ndim == 2:
-        array = np.repeat(array[:, :, None], 3, axis=2)
-    if array.ndim != 3 or array.shape[2] not in (1, 3, 4):
-        raise ValueError(f"expected an HxWx3 frame, got shape {array.shape}")
-    if array.shape[2] == 1:
-        array = np.repeat(array, 3, axis=2)
-    return array[:, :, :3]
-
-
 # --------------------------------------------------------------------------------------------- helpers
-
-
-class _Sampler:
-    """Nearest-in-time resampling to a fixed rate, streaming: holds at most one previous frame.
-
-    Target times are k / rate. A target is settled as soon as a frame at or after it arrives: the
-    nearer of that frame and the previous one wins (ties go to the earlier frame).
-    """
-
-    def __init__(self, rate: float | None) -> None:
-        self.rate = rate
-        self.k = 0
-        self.prev: tuple[av.VideoFrame, float] | None = None
-
-    def _target(self) -> float:
-        return self.k / self.rate  # type: ignore[operator]
-
-    def push(self, frame: av.VideoFrame, t: float) -> Iterator[av.VideoFrame]:
-        if self.rate is None:
-            yield frame
-            return
-        while self._target() <= t + _EPS:
-            target = self._target()
-            if self.prev is not None and target - self.prev[1] <= t - target:
-                yield self.prev[0]
-            else:
-                yield frame
-            self.k += 1
-        self.prev = (frame, t)
-
-    def finish(self, span: float) -> Iterator[av.VideoFrame]:
-        """Targets after the last frame but before `span` (end of the clip) map to the last frame."""
-        if self.rate is None or self.prev is None:
-            return
-        while self._target() < span - _EPS:
-            yield self.prev[0]
-            self.k += 1
 
 
 class _open_video:
@@ -367,7 +281,10 @@ class _open_video:
         try:
             self.container = av.open(io.BytesIO(self.data), mode="r")
         except av.FFmpegError as exc:
-            raise MediaDecodeError(f"the file is not a readable {self.what} ({_ffmpeg_reason(exc)})") from exc
+            raise MediaDecodeError(
+                f"the file is not a readable {self.what}: it is corrupt, truncated or in an unsupported format"
+                f" ({_ffmpeg_reason(exc)})"
+            ) from exc
         container = self.container
         if not container.streams.video:
             self.close()
@@ -377,7 +294,7 @@ class _open_video:
             self.close()
             raise MediaDecodeError(f"the file is a still image ({kind}), not a video")
         stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
+        stream.codec_context.thread_type = "AUTO"
         return container, stream
 
     def __exit__(self, *exc_info: object) -> None:
@@ -414,7 +331,7 @@ def _check_pixels(width: int, height: int, max_pixels: int) -> None:
         raise MediaDecodeError(f"invalid picture size {width}x{height}")
     if width * height > max_pixels:
         raise MediaDecodeError(
-            f"the picture is {width}x{height}, more than the {max_pixels} pixels allowed; use a smaller file"
+            f"the picture is {width}x{height}, too large: at most {max_pixels} pixels are allowed; use a smaller file"
         )
 
 
@@ -423,19 +340,6 @@ def _declared_fps(stream: av.video.stream.VideoStream) -> float | None:
         if rate and 0 < float(rate) <= 1000:  # 90000 etc. are time bases leaking through, not rates
             return float(rate)
     return None
-
-
-def _measured_fps(decoded: int, last_t: float) -> float:
-    if decoded > 1 and last_t > 0:
-        return (decoded - 1) / last_t
-    return 1.0  # a single frame has no rate; 1 fps keeps arithmetic downstream finite
-
-
-def _frame_time(frame: av.VideoFrame, index: int, fps: float | None) -> float:
-    t = frame.time
-    if t is None:  # no pts: assume a constant rate
-        return index / (fps or 1.0)
-    return float(t)
 
 
 def _container_duration(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> float | None:
@@ -466,14 +370,3 @@ def _upright(image: Image.Image, rotation: int) -> Image.Image:
     """Rotate counter-clockwise by the display matrix angle, as players do."""
     op = _TRANSPOSE.get(rotation)
     return image.transpose(op) if op is not None else image
-
-
-def _to_rgb(image: Image.Image) -> Image.Image:
-    if image.mode == "RGB":
-        return image
-    has_alpha = image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info
-    if has_alpha:
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return image.convert("RGB")
