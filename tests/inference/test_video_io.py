@@ -168,6 +168,15 @@ def test_unbounded_output_is_refused_beyond_the_default_limit(monkeypatch: pytes
     assert len(decode_video(data, max_frames=6).frames) == 6  # an explicit cap is the caller's choice
 
 
+def test_memory_budget_bounds_the_returned_frames(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(video_io, "MAX_KEPT_BYTES", 64 * 48 * 3 * 4)
+    data = make_video(width=64, height=48, fps=8, seconds=1)
+
+    with pytest.raises(MediaDecodeError, match="too large to process"):
+        decode_video(data, max_frames=8)
+    assert len(decode_video(data, max_frames=4).frames) == 4
+
+
 def test_bad_arguments_are_programming_errors() -> None:
     data = make_video(frames=2)
     for kwargs in ({"every_nth": 0}, {"sample_fps": 0}, {"max_seconds": -1}, {"max_frames": 0}):

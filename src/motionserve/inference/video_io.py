@@ -36,6 +36,8 @@ DEFAULT_MAX_PIXELS = 4096 * 4096
 DEFAULT_FRAME_LIMIT = 1024
 # Frames decoded (not kept) before giving up: bounds CPU time on long or very high-rate inputs.
 MAX_DECODED_FRAMES = 20_000
+# RGB bytes of all returned frames: bounds memory even when max_frames x max_pixels is large.
+MAX_KEPT_BYTES = 2 * 1024**3
 # FFmpeg demuxers that read single still images; a "video" in one of these is refused.
 _STILL_IMAGE_DEMUXERS = ("image2", "_pipe")
 
@@ -197,6 +199,11 @@ class _KeptFrames:
             _check_pixels(frame.width, frame.height, self.max_pixels)
             self.size = (frame.width, frame.height)
             self.rotation = _rotation_of(frame)
+        if (len(self.frames) + 1) * self.size[0] * self.size[1] * 3 > MAX_KEPT_BYTES:
+            raise MediaDecodeError(
+                f"the video is too large to process: more than {len(self.frames)} frames of"
+                f" {self.size[0]}x{self.size[1]}; use a shorter or smaller clip"
+            )
         elif (frame.width, frame.height) != self.size:  # resolution changed mid-stream
             frame = frame.reformat(width=self.size[0], height=self.size[1])
         self.frames.append(_upright(frame.to_image(), self.rotation))
