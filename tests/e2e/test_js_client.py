@@ -10,7 +10,9 @@ import pytest
 
 from . import webhook_check
 from .common import SMALL_T2V, SVD, T2V, V2V, PyClient, download
-from .media import make_mp4, make_png, probe_mp4
+from tests.media import make_png, make_video
+
+from .media import probe_mp4
 from .server import Server
 
 pytestmark = pytest.mark.e2e
@@ -102,7 +104,7 @@ def test_storage_upload(js_client: PyClient, server: Server, size: int) -> None:
 
 def test_blob_input_is_auto_uploaded(js_client: PyClient, server: Server, tmp_path: Path) -> None:
     image = tmp_path / "start.png"
-    image.write_bytes(make_png(64, 64))
+    image.write_bytes(make_png(64, 64, pattern="gradient"))
 
     out = js_client("run_with_blob", endpoint=SVD, input={"steps": 2, "fps": 6, "seed": 2}, field="image_url",
                     file_path=str(image), content_type="image/png")
@@ -113,7 +115,7 @@ def test_blob_input_is_auto_uploaded(js_client: PyClient, server: Server, tmp_pa
 
 def test_data_uri_video_input(js_client: PyClient, server: Server, tmp_path: Path) -> None:
     clip = tmp_path / "clip.mp4"
-    clip.write_bytes(make_mp4(num_frames=16, fps=8))
+    clip.write_bytes(make_video(width=64, height=64, fps=8, frames=16))
     args = {"prompt": "a painting", "first_n_seconds": 2, "fps": 4, "num_inference_steps": 4, "strength": 0.5, "seed": 3}
 
     out = js_client("run_with_data_uri", endpoint=V2V, input=args, field="video_url", file_path=str(clip), content_type="video/mp4")

@@ -10,7 +10,9 @@ import pytest
 
 from . import webhook_check
 from .common import SMALL_T2V, SVD, T2V, V2V, PyClient, download
-from .media import make_mp4, make_png, probe_mp4
+from tests.media import make_png, make_video
+
+from .media import probe_mp4
 from .server import Server
 
 pytestmark = pytest.mark.e2e
@@ -108,7 +110,7 @@ def test_upload_over_100mb_goes_multipart(py_client: PyClient, server: Server) -
 
 def test_data_uri_video_input(py_client: PyClient, server: Server, tmp_path: Path) -> None:
     clip = tmp_path / "clip.mp4"
-    clip.write_bytes(make_mp4(num_frames=16, fps=8))
+    clip.write_bytes(make_video(width=64, height=64, fps=8, frames=16))
     args = {"prompt": "a painting", "first_n_seconds": 2, "fps": 4, "num_inference_steps": 4, "strength": 0.5, "seed": 3}
 
     out = py_client("run_with_data_uri", endpoint=V2V, arguments=args, field="video_url", path=str(clip), content_type="video/mp4")
@@ -119,7 +121,7 @@ def test_data_uri_video_input(py_client: PyClient, server: Server, tmp_path: Pat
 
 def test_uploaded_image_as_input(py_client: PyClient, server: Server, tmp_path: Path) -> None:
     image = tmp_path / "start.png"
-    image.write_bytes(make_png(64, 64))
+    image.write_bytes(make_png(64, 64, pattern="gradient"))
     url = py_client("upload_media", path=str(image), content_type="image/png")["url"]
 
     out = py_client("run", endpoint=SVD, arguments={"image_url": url, "steps": 2, "fps": 6, "seed": 1})

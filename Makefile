@@ -1,0 +1,48 @@
+# Two commands on a fresh machine with Python 3.11 (and Node.js >= 20 for the JS client tests):
+#   make serve     # creates .venv, installs torch 2.13.0 + motionserve, starts the server
+#   make test      # the whole test suite (what CI runs)
+# WEIGHTS=tiny make serve  -> tiny random models built locally: no downloads, for offline demos.
+
+PYTHON      ?= python3.11
+VENV        ?= .venv
+PY          := $(VENV)/bin/python
+STAMP       := $(VENV)/.motionserve-installed
+WEIGHTS     ?= real
+HOST        ?= 127.0.0.1
+PORT        ?= 8000
+DATA_DIR    ?= ./data
+PYTEST_ARGS ?=
+# The PyPI torch wheel for Linux is the CUDA build (several GB). Without an NVIDIA driver, take the
+# CPU build from PyTorch's index instead; set TORCH_PIP_ARGS yourself to pick another (e.g. cu128).
+TORCH_PIP_ARGS ?= $(if $(shell command -v nvidia-smi 2>/dev/null),,--extra-index-url https://download.pytorch.org/whl/cpu)
+
+.PHONY: install js serve test test-fast bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install "torch==2.13.0" $(TORCH_PIP_ARGS)
+	$(PY) -m pip install -e ".[test]"
+	touch $@
+
+install: $(STAMP)
+
+tests/e2e/js/node_modules/.package-lock.json: tests/e2e/js/package-lock.json
+	cd tests/e2e/js && npm ci --no-audit --no-fund
+
+js: tests/e2e/js/node_modules/.package-lock.json
+
+serve: install
+	$(VENV)/bin/motionserve serve --host $(HOST) --port $(PORT) --data-dir $(DATA_DIR) --weights $(WEIGHTS)
+
+test: install js
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# Everything but the end-to-end tests (which start real server processes).
+test-fast: install
+	$(PY) -m pytest -q --ignore=tests/e2e $(PYTEST_ARGS)
+
+bench: install
+	$(PY) bench/bench_service.py
+
+clean:
+	rm -rf $(VENV) tests/e2e/js/node_modules
