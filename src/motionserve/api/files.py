@@ -1,0 +1,279 @@
+"""Uploads in both official clients' flows (fal-protocol.md §3), and serving stored files.
+
+Python (`fal_client.upload*`, with `REST_URL = base + "/rest"`, `CDN_URL = base + "/cdn"`):
+  POST /rest/storage/auth/token            API key -> short-lived bearer token, base_url = {base}/cdn
+  POST /cdn/files/upload                   raw body -> {"access_url"}
+  POST /cdn/files/upload/multipart         -> {"access_url", "uploadId"}; access_url is the final file URL
+  PUT  {access_url}/multipart/{id}/{n}     -> ETag header
+  POST {access_url}/multipart/{id}/complete
+  POST /rest/storage/upload/initiate?storage_type=gcs   the fallback: same as JS below
+JS (`fal.storage.upload`, rest.fal.ai rewritten to {base}/rest):
+  POST /rest/storage/upload/initiate[-multipart]        API key -> {"upload_url", "file_url"}
+  PUT  {upload_url}                        single upload; no credentials, so the URL itself carries
+                                           the unguessable upload id (usable until completed)
+  PUT  {upload_url}/{n} -> {"partNumber", "etag"};  POST {upload_url}/complete
+Files are served at GET /files/{token}/{name} without a key: the token is the secret.
+"""
+
+from __future__ import annotations
+
+import mimetypes
+import time
+from datetime import datetime, timezone
+from typing import Annotated, Any
+
+import anyio
+from fastapi import APIRouter, Depends, Header, Request
+from fastapi.responses import FileResponse, JSONResponse
+
+from motionserve.api.body import read_json_object, stream_to_file
+from motionserve.api.deps import (
+    FileStoreDep,
+    OwnerDep,
+    SettingsDep,
+    StoreDep,
+    parse_key_header,
+    public_base_url,
+    request_base_url,
+)
+from motionserve.api.errors import ApiError
+from motionserve.api.headers import parse_lifecycle
+from motionserve.storage.local import FileStoreError, FileTooLargeError, LocalFileStore, PendingUpload, StoredFile
+
+router = APIRouter(tags=["files"])
+
+
+def require_upload_owner(
+    request: Request,
+    store: StoreDep,
+    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
+) -> str:
+    """A CDN bearer token (what the Python client sends), or an API key (handy with curl)."""
+    scheme, _, credentials = (authorization or "").strip().partition(" ")
+    if scheme.lower() == "bearer":
+        owner = request.app.state.upload_tokens.verify(credentials.strip())
+        if owner is not None:
+            return owner
+    parsed = parse_key_header(authorization)
+    owner = store.verify_key(*parsed) if parsed is not None else None
+    if owner is None:
+        raise ApiError(401, "Missing, invalid or expired upload token", headers={"WWW-Authenticate": "Bearer"})
+    return owner
+
+
+UploaderDep = Annotated[str, Depends(require_upload_owner)]
+
+
+def _expires_at(request: Request, settings: Any) -> float:
+    retention = parse_lifecycle(request.headers) or settings.file_retention_s
+    return time.time() + retention
+
+
+def _default_name(content_type: str) -> str:
+    return "upload" + (mimetypes.guess_extension(content_type.split(";")[0].strip()) or ".bin")
+
+
+def _file_info(file_store: LocalFileStore, base_url: str, stored: StoredFile) -> dict[str, Any]:
+    url = file_store.file_url(base_url, stored)
+    return {
+        "access_url": url,
+        "file_url": url,
+        "content_type": stored.content_type,
+        "file_name": stored.file_name,
+        "file_size": stored.size,
+    }
+
+
+def _translate(exc: FileStoreError) -> ApiError:
+    if isinstance(exc, FileTooLargeError):
+        return ApiError(413, str(exc), error_type="request_too_large")
+    return ApiError(404 if "Unknown upload" in str(exc) else 400, str(exc))
+
+
+async def _receive(request: Request, file_store: LocalFileStore, limit: int) -> Any:
+    path = file_store.temp_path()
+    await stream_to_file(request, path, limit)
+    return path
+
+
+async def _parts_from_body(request: Request) -> list[tuple[int, str | None]] | None:
+    body = await read_json_object(request, limit=1024 * 1024)
+    if "parts" not in body:
+        return None
+    try:
+        return [(int(p["partNumber"]), str(p["etag"]) if p.get("etag") is not None else None) for p in body["parts"]]
+    except (TypeError, KeyError, ValueError) as exc:
+        raise ApiError(422, [{"loc": ["body", "parts"], "msg": "Expected [{partNumber, etag}, ...]", "type": "value_error"}]) from exc
+
+
+# ---- Python client: token + CDN ------------------------------------------------------------------
+
+
+@router.post("/rest/storage/auth/token")
+def cdn_token(request: Request, owner: OwnerDep, storage_type: str | None = None) -> JSONResponse:
+    token, expires_at = request.app.state.upload_tokens.issue(owner)
+    return JSONResponse(
+        {
+            "token": token,
+            "token_type": "Bearer",
+            "base_url": f"{request_base_url(request)}/cdn",
+            # Python parses it with datetime.fromisoformat and compares to an aware now(): keep the offset.
+            "expires_at": datetime.fromtimestamp(expires_at, tz=timezone.utc).isoformat(),
+        }
+    )
+
+
+@router.post("/cdn/files/upload")
+async def cdn_upload(
+    request: Request,
+    _: UploaderDep,
+    settings: SettingsDep,
+    file_store: FileStoreDep,
+    content_type: Annotated[str | None, Header()] = None,
+    x_fal_file_name: Annotated[str | None, Header()] = None,
+) -> JSONResponse:
+    ctype = content_type or "application/octet-stream"
+    expires_at = _expires_at(request, settings)
+    path = await _receive(request, file_store, settings.max_upload_bytes)
+    try:
+        stored = await anyio.to_thread.run_sync(
+            lambda: file_store.put(path, content_type=ctype, file_name=x_fal_file_name or _default_name(ctype), expires_at=expires_at, move=True)
+        )
+    except FileStoreError as exc:
+        path.unlink(missing_ok=True)
+        raise _translate(exc) from exc
+    return JSONResponse(_file_info(file_store, public_base_url(request, settings), stored))
+
+
+@router.post("/cdn/files/upload/multipart")
+def cdn_multipart_begin(
+    request: Request,
+    _: UploaderDep,
+    settings: SettingsDep,
+    file_store: FileStoreDep,
+    content_type: Annotated[str | None, Header()] = None,
+    x_fal_file_name: Annotated[str | None, Header()] = None,
+) -> JSONResponse:
+    ctype = content_type or "application/octet-stream"
+    upload_id = file_store.begin_multipart(ctype, x_fal_file_name or _default_name(ctype), _expires_at(request, settings))
+    pending = file_store.pending(upload_id)
+    assert pending is not None
+    return JSONResponse({"access_url": _reserved_url(file_store, public_base_url(request, settings), pending), "uploadId": upload_id})
+
+
+def _reserved_url(file_store: LocalFileStore, base_url: str, pending: PendingUpload) -> str:
+    return file_store.file_url(base_url, _as_stored(pending))
+
+
+def _as_stored(pending: PendingUpload) -> StoredFile:
+    return StoredFile(pending.token, pending.file_name, pending.content_type, 0, pending.created_at, pending.expires_at)
+
+
+def _pending_for(file_store: LocalFileStore, upload_id: str, token: str | None = None) -> PendingUpload:
+    pending = file_store.pending(upload_id)
+    if pending is None or (token is not None and pending.token != token):
+        raise ApiError(404, "Upload not found (unknown, completed or expired)")
+    return pending
+
+
+async def _put_part(request: Request, settings: Any, file_store: LocalFileStore, upload_id: str, part_number: int) -> str:
+    path = await _receive(request, file_store, settings.max_upload_bytes)
+    try:
+        return await anyio.to_thread.run_sync(lambda: file_store.put_part(upload_id, part_number, path, move=True))
+    except FileStoreError as exc:
+        path.unlink(missing_ok=True)
+        raise _translate(exc) from exc
+
+
+async def _complete(
+    request: Request, settings: Any, file_store: LocalFileStore, upload_id: str, parts: list[tuple[int, str | None]] | None
+) -> JSONResponse:
+    try:
+        stored = await anyio.to_thread.run_sync(lambda: file_store.complete_multipart(upload_id, parts))
+    except FileStoreError as exc:
+        raise _translate(exc) from exc
+    return JSONResponse(_file_info(file_store, public_base_url(request, settings), stored))
+
+
+@router.put("/files/{token}/{name}/multipart/{upload_id}/{part_number}")
+async def cdn_multipart_part(
+    request: Request, token: str, name: str, upload_id: str, part_number: int,
+    _: UploaderDep, settings: SettingsDep, file_store: FileStoreDep,
+) -> JSONResponse:
+    _pending_for(file_store, upload_id, token)
+    etag = await _put_part(request, settings, file_store, upload_id, part_number)
+    return JSONResponse({"partNumber": part_number, "etag": etag}, headers={"ETag": etag})
+
+
+@router.post("/files/{token}/{name}/multipart/{upload_id}/complete")
+async def cdn_multipart_complete(
+    request: Request, token: str, name: str, upload_id: str,
+    _: UploaderDep, settings: SettingsDep, file_store: FileStoreDep,
+) -> JSONResponse:
+    _pending_for(file_store, upload_id, token)
+    return await _complete(request, settings, file_store, upload_id, await _parts_from_body(request))
+
+
+# ---- JS client (and the Python "gcs" fallback): initiate + upload URL -----------------------------
+
+
+async def _initiate(request: Request, settings: Any, file_store: LocalFileStore) -> JSONResponse:
+    body = await read_json_object(request, limit=1024 * 1024)
+    ctype = str(body.get("content_type") or "application/octet-stream")
+    name = str(body.get("file_name") or _default_name(ctype))
+    upload_id = await anyio.to_thread.run_sync(lambda: file_store.begin_multipart(ctype, name, _expires_at(request, settings)))
+    pending = _pending_for(file_store, upload_id)
+    return JSONResponse(
+        {
+            "upload_url": f"{request_base_url(request)}/cdn/uploads/{upload_id}",
+            "file_url": _reserved_url(file_store, public_base_url(request, settings), pending),
+        }
+    )
+
+
+@router.post("/rest/storage/upload/initiate")
+async def initiate_upload(request: Request, _: OwnerDep, settings: SettingsDep, file_store: FileStoreDep) -> JSONResponse:
+    return await _initiate(request, settings, file_store)
+
+
+@router.post("/rest/storage/upload/initiate-multipart")
+async def initiate_multipart(request: Request, _: OwnerDep, settings: SettingsDep, file_store: FileStoreDep) -> JSONResponse:
+    return await _initiate(request, settings, file_store)
+
+
+@router.put("/cdn/uploads/{upload_id}")
+async def upload_single(request: Request, upload_id: str, settings: SettingsDep, file_store: FileStoreDep) -> JSONResponse:
+    _pending_for(file_store, upload_id)
+    etag = await _put_part(request, settings, file_store, upload_id, 1)
+    return await _complete(request, settings, file_store, upload_id, [(1, etag)])
+
+
+@router.put("/cdn/uploads/{upload_id}/{part_number}")
+async def upload_part(request: Request, upload_id: str, part_number: int, settings: SettingsDep, file_store: FileStoreDep) -> JSONResponse:
+    _pending_for(file_store, upload_id)
+    etag = await _put_part(request, settings, file_store, upload_id, part_number)
+    return JSONResponse({"partNumber": part_number, "etag": etag}, headers={"ETag": etag})
+
+
+@router.post("/cdn/uploads/{upload_id}/complete")
+async def upload_complete(request: Request, upload_id: str, settings: SettingsDep, file_store: FileStoreDep) -> JSONResponse:
+    _pending_for(file_store, upload_id)
+    return await _complete(request, settings, file_store, upload_id, await _parts_from_body(request))
+
+
+# ---- serving -----------------------------------------------------------------------------------------
+
+
+@router.api_route("/files/{token}/{name}", methods=["GET", "HEAD"])
+def get_file(token: str, name: str, file_store: FileStoreDep) -> FileResponse:
+    found = file_store.get(token)
+    if found is None:
+        raise ApiError(404, "File not found (unknown or expired)")
+    path, stored = found
+    return FileResponse(
+        path,
+        media_type=stored.content_type,
+        filename=stored.file_name,
+        content_disposition_type="inline",
+        headers={"Cache-Control": "private, max-age=3600"},
+    )

@@ -1,0 +1,210 @@
+"""OpenAPI documents: one per endpoint (as fal publishes them), and the whole app at /openapi.json.
+
+The submit/run routes take any endpoint id, so FastAPI cannot see their bodies; instead each
+endpoint's input and output models are injected as named components (`FastAnimatediffTextToVideoInput`
+and so on, like fal's) with one concrete path per endpoint, so /docs shows and can send real inputs.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Iterable, Mapping
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse
+
+from motionserve.api.deps import request_base_url
+from motionserve.api.errors import ApiError
+from motionserve.api.ids import parse_endpoint_id
+from motionserve.endpoints.base import Endpoint
+
+router = APIRouter()
+
+OPENAPI_VERSION = "3.1.0"
+SECURITY_SCHEMES = {
+    "apiKeyAuth": {
+        "type": "apiKey",
+        "in": "header",
+        "name": "Authorization",
+        "description": "Fal Key: `Key KEY_ID:SECRET` (create one with `motionserve keys create`)",
+    }
+}
+_URLS = {"response_url": {"type": "string"}, "status_url": {"type": "string"}, "cancel_url": {"type": "string"}}
+QUEUE_STATUS = {
+    "type": "object",
+    "title": "QueueStatus",
+    "required": ["status", "request_id"],
+    "properties": {
+        "status": {"type": "string", "enum": ["IN_QUEUE", "IN_PROGRESS", "COMPLETED"]},
+        "request_id": {"type": "string", "description": "The request id."},
+        **_URLS,
+        "queue_position": {"type": "integer", "description": "Requests ahead of this one (IN_QUEUE only)."},
+        "logs": {"anyOf": [{"type": "array", "items": {"type": "object"}}, {"type": "null"}]},
+        "metrics": {"type": "object"},
+        "error": {"type": "string"},
+        "error_type": {"type": "string"},
+    },
+}
+VALIDATION_ERROR = {
+    "type": "object",
+    "title": "HTTPValidationError",
+    "properties": {"detail": {"type": "array", "items": {"type": "object"}}},
+}
+
+
+def component_name(endpoint_id: str, suffix: str) -> str:
+    """`fal-ai/fast-animatediff/text-to-video` + `Input` -> `FastAnimatediffTextToVideoInput`."""
+    app_id = parse_endpoint_id(endpoint_id)
+    words = re.split(r"[^A-Za-z0-9]+", f"{app_id.alias}/{app_id.path}")
+    return "".join(w[:1].upper() + w[1:] for w in words if w) + suffix
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: Mapping[str, Any], description: str = "") -> dict[str, Any]:
+    return {"description": description or "OK", "content": {"application/json": {"schema": schema}}}
+
+
+def model_components(endpoint: Endpoint) -> tuple[str, str, dict[str, Any]]:
+    """(input name, output name, components): the two models and every model they use."""
+    in_name = component_name(endpoint.endpoint_id, "Input")
+    out_name = component_name(endpoint.endpoint_id, "Output")
+    components: dict[str, Any] = {}
+    for name, model, mode in ((in_name, endpoint.input_model, "validation"), (out_name, endpoint.output_model, "serialization")):
+        schema = model.model_json_schema(ref_template="#/components/schemas/{model}", mode=mode)  # type: ignore[arg-type]
+        defs = schema.pop("$defs", {})
+        schema["title"] = name
+        _merge(components, defs, prefix=name)
+        components[name] = schema
+    return in_name, out_name, components
+
+
+def _rename_refs(node: Any, renames: Mapping[str, str]) -> Any:
+    if isinstance(node, dict):
+        out = {k: _rename_refs(v, renames) for k, v in node.items()}
+        ref = out.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#/components/schemas/") and ref.rsplit("/", 1)[1] in renames:
+            out["$ref"] = "#/components/schemas/" + renames[ref.rsplit("/", 1)[1]]
+        return out
+    if isinstance(node, list):
+        return [_rename_refs(v, renames) for v in node]
+    return node
+
+
+def _merge(target: dict[str, Any], new: Mapping[str, Any], *, prefix: str) -> dict[str, str]:
+    """Add `new` schemas to `target`; a name already taken by a different schema is prefixed.
+    Returns the renames, already applied inside the added schemas."""
+    renames = {n: f"{prefix}{n}" for n, s in new.items() if n in target and target[n] != s}
+    for name, schema in new.items():
+        final = renames.get(name, name)
+        target.setdefault(final, _rename_refs(schema, renames))
+    return renames
+
+
+def endpoint_document(endpoint: Endpoint, base_url: str) -> dict[str, Any]:
+    """The OpenAPI document of one endpoint, its paths relative to `{base}/queue` like fal's."""
+    app = parse_endpoint_id(endpoint.endpoint_id).app
+    in_name, out_name, schemas = model_components(endpoint)
+    schemas["QueueStatus"] = QUEUE_STATUS
+    schemas["HTTPValidationError"] = VALIDATION_ERROR
+    request_id = {"name": "request_id", "in": "path", "required": True, "schema": {"type": "string"}}
+    logs = {"name": "logs", "in": "query", "required": False, "schema": {"type": "string", "enum": ["0", "1", "true", "false"]}}
+    paths = {
+        f"/{endpoint.endpoint_id}": {
+            "post": {
+                "summary": f"Submit a request to {endpoint.title}",
+                "requestBody": {"required": True, "content": {"application/json": {"schema": _ref(in_name)}}},
+                "parameters": [{"name": "fal_webhook", "in": "query", "required": False, "schema": {"type": "string", "format": "uri"}}],
+                "responses": {"200": _json(_ref("QueueStatus"), "The request is queued"), "422": _json(_ref("HTTPValidationError"), "Invalid input")},
+            }
+        },
+        f"/{app}/requests/{{request_id}}/status": {
+            "get": {"summary": "Request status", "parameters": [request_id, logs], "responses": {"200": _json(_ref("QueueStatus")), "202": _json(_ref("QueueStatus"))}}
+        },
+        f"/{app}/requests/{{request_id}}/cancel": {
+            "put": {"summary": "Cancel the request", "parameters": [request_id], "responses": {"202": _json({"type": "object"}), "400": _json({"type": "object"})}}
+        },
+        f"/{app}/requests/{{request_id}}": {
+            "get": {"summary": "Request result", "parameters": [request_id], "responses": {"200": _json(_ref(out_name), "The output")}}
+        },
+    }
+    return {
+        "openapi": OPENAPI_VERSION,
+        "info": {
+            "title": endpoint.title,
+            "description": endpoint.description,
+            "version": "1.0.0",
+            "x-fal-metadata": {"endpointId": endpoint.endpoint_id},
+        },
+        "servers": [{"url": f"{base_url}/queue"}],
+        "security": [{"apiKeyAuth": []}],
+        "components": {"securitySchemes": SECURITY_SCHEMES, "schemas": schemas},
+        "paths": paths,
+    }
+
+
+def app_document(app: FastAPI, endpoints: Iterable[Endpoint]) -> dict[str, Any]:
+    """FastAPI's document of the concrete routes plus `/queue/{id}` and `/run/{id}` per endpoint."""
+    doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+    components = doc.setdefault("components", {})
+    schemas = components.setdefault("schemas", {})
+    components["securitySchemes"] = SECURITY_SCHEMES
+    _merge(schemas, {"QueueStatus": QUEUE_STATUS}, prefix="Fal")
+    for endpoint in endpoints:
+        in_name, out_name, own = model_components(endpoint)
+        renames = _merge(schemas, own, prefix=component_name(endpoint.endpoint_id, ""))
+        in_name, out_name = renames.get(in_name, in_name), renames.get(out_name, out_name)
+        body = {"required": True, "content": {"application/json": {"schema": _ref(in_name)}}}
+        invalid = _json({"type": "object"}, "Invalid input: {detail: [{loc, msg, type}]}")
+        common = {"tags": [endpoint.endpoint_id], "requestBody": body, "security": [{"apiKeyAuth": []}], "description": endpoint.description}
+        doc["paths"][f"/queue/{endpoint.endpoint_id}"] = {
+            "post": {**common, "summary": f"Queue: {endpoint.title}", "operationId": f"queue_{in_name}",
+                     "responses": {"200": _json(_ref("QueueStatus"), "Queued"), "422": invalid}}
+        }
+        doc["paths"][f"/run/{endpoint.endpoint_id}"] = {
+            "post": {**common, "summary": f"Run and wait: {endpoint.title}", "operationId": f"run_{in_name}",
+                     "responses": {"200": _json(_ref(out_name), "The output"), "422": invalid}}
+        }
+    return doc
+
+
+def install_openapi(app: FastAPI) -> None:
+    """Serve the app document (cached) at /openapi.json, which /docs reads."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = app_document(app, app.state.endpoints.values())
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _endpoint_or_404(request: Request, endpoint_id: str) -> Endpoint:
+    endpoint = request.app.state.endpoints.get(endpoint_id.strip("/"))
+    if endpoint is None:
+        raise ApiError(404, f"Endpoint '{endpoint_id}' not found")
+    return endpoint
+
+
+@router.get("/openapi/{endpoint_id:path}.json", tags=["docs"], summary="OpenAPI document of one endpoint")
+def openapi_for_endpoint(request: Request, endpoint_id: str) -> JSONResponse:
+    return JSONResponse(endpoint_document(_endpoint_or_404(request, endpoint_id), request_base_url(request)))
+
+
+@router.get("/queue/{endpoint_id:path}/openapi.json", include_in_schema=False)
+def queue_openapi_for_endpoint(request: Request, endpoint_id: str) -> JSONResponse:
+    return openapi_for_endpoint(request, endpoint_id)
+
+
+@router.get("/endpoints", tags=["docs"], summary="The endpoints this server serves")
+def list_endpoints(request: Request) -> JSONResponse:
+    return JSONResponse(
+        [
+            {"endpoint_id": e.endpoint_id, "title": e.title, "description": e.description, "openapi": f"{request_base_url(request)}/openapi/{e.endpoint_id}.json"}
+            for e in request.app.state.endpoints.values()
+        ]
+    )
+

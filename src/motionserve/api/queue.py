@@ -1,0 +1,100 @@
+"""Submitting work: `POST /queue/{endpoint_id}` (asynchronous) and `POST /run/{endpoint_id}` (sync).
+
+Both validate the input with the endpoint's own model before anything is stored, so a bad request
+is a 422 at once rather than a failed job later. The sync route goes through the same queue (so
+priorities and workers are shared) and simply waits for the job, cancelling it if the client leaves.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import anyio
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from motionserve.api.body import read_json_object
+from motionserve.api.deps import OwnerDep, SettingsDep, StoreDep, public_base_url, request_base_url
+from motionserve.api.errors import REQUEST_ID_HEADER, ApiError
+from motionserve.api.headers import parse_submit_options
+from motionserve.api.ids import AppId, parse_endpoint_id
+from motionserve.api.status import POLL_INTERVAL_S, RequestUrls, result_response
+from motionserve.endpoints.base import Endpoint, Limits
+from motionserve.jobs.models import Job
+
+router = APIRouter()
+
+def resolve_endpoint(request: Request, raw_id: str) -> tuple[AppId, Endpoint]:
+    """The endpoint a submit/run URL names (full id, subpath included), or 404."""
+    try:
+        app_id = parse_endpoint_id(raw_id)
+    except ValueError as exc:
+        raise ApiError(404, str(exc)) from exc
+    endpoint = request.app.state.endpoints.get(app_id.endpoint_id)
+    if endpoint is None:
+        raise ApiError(404, f"Endpoint '{app_id.endpoint_id}' not found")
+    return app_id, endpoint
+
+
+async def _submit(request: Request, raw_id: str, owner: str, settings: Any, store: Any, webhook: str | None) -> tuple[AppId, Job]:
+    app_id, endpoint = resolve_endpoint(request, raw_id)
+    payload = await read_json_object(request)
+    options = parse_submit_options(request.headers, webhook, now=time.time())
+    endpoint.validate(payload, Limits(max_frames=settings.max_frames))
+    job = await anyio.to_thread.run_sync(
+        lambda: store.submit(
+            owner=owner,
+            endpoint_id=app_id.endpoint_id,
+            input=payload,  # as sent: the worker validates it again with the same model
+            priority=options.priority,
+            start_deadline=options.start_deadline,
+            webhook_url=options.webhook_url,
+            base_url=public_base_url(request, settings),
+            file_retention_s=options.file_retention_s or settings.file_retention_s,
+        )
+    )
+    return app_id, job
+
+
+@router.post("/queue/{endpoint_id:path}", include_in_schema=False)
+async def submit(request: Request, endpoint_id: str, owner: OwnerDep, settings: SettingsDep, store: StoreDep) -> JSONResponse:
+    app_id, job = await _submit(request, endpoint_id, owner, settings, store, request.query_params.get("fal_webhook"))
+    urls = RequestUrls.build(request_base_url(request), app_id.app, job.id)
+    position = await anyio.to_thread.run_sync(store.queue_position, job)
+    body = {
+        "status": "IN_QUEUE",
+        "request_id": job.id,
+        "gateway_request_id": job.id,
+        **urls.as_dict(),
+        "queue_position": position,
+    }
+    return JSONResponse(body, headers={REQUEST_ID_HEADER: job.id})
+
+
+@router.post("/run/{endpoint_id:path}", include_in_schema=False)
+async def run(request: Request, endpoint_id: str, owner: OwnerDep, settings: SettingsDep, store: StoreDep) -> JSONResponse:
+    _, job = await _submit(request, endpoint_id, owner, settings, store, webhook=None)
+    finished = await wait_for_job(request, store, job.id, timeout_s=settings.sync_run_timeout_s)
+    return result_response(finished)
+
+
+async def wait_for_job(request: Request, store: Any, job_id: str, *, timeout_s: float) -> Job:
+    """Poll the store until the job is finished. A client that hangs up cancels its job (nobody
+    would ever read the result); so does running past the server's sync timeout (504)."""
+    deadline = time.monotonic() + timeout_s
+    delay = 0.05
+    while True:
+        job = await anyio.to_thread.run_sync(store.get, job_id)
+        if job is None:
+            raise ApiError(500, "Request disappeared from the store", error_type="internal_error")
+        if job.is_terminal:
+            return job
+        if await request.is_disconnected():
+            await anyio.to_thread.run_sync(store.request_cancel, job_id)
+            raise ApiError(499, "Client disconnected", error_type="client_disconnected", headers={REQUEST_ID_HEADER: job_id})
+        if time.monotonic() > deadline:
+            await anyio.to_thread.run_sync(store.request_cancel, job_id)
+            raise ApiError(504, "Request timed out", error_type="request_timeout", headers={REQUEST_ID_HEADER: job_id})
+        await anyio.sleep(delay)
+        delay = min(delay * 1.5, POLL_INTERVAL_S * 2)
