@@ -80,7 +80,8 @@ class AnimateLCMSVDScheduler(CMStochasticIterativeScheduler):
         """Pick `num_inference_steps` evenly spaced points of the 40-point training ramp.
 
         Step `k` of `n` sits at ramp position `k * (40 // n) / 39`, so the first step is always at
-        `sigma_max`; `timesteps` (descending integers < 40) chooses the points explicitly.
+        `sigma_max`. `timesteps` (descending integers in [0, 40)) chooses the points explicitly; as in
+        the upstream sampler, the list read backwards gives the ramp positions counted from `sigma_max`.
         """
         if (num_inference_steps is None) == (timesteps is None):
             raise ValueError("Pass exactly one of `num_inference_steps` or `timesteps`.")
@@ -102,7 +103,7 @@ class AnimateLCMSVDScheduler(CMStochasticIterativeScheduler):
             self.custom_timesteps = False
             self.num_inference_steps = num_inference_steps
 
-        # Training-ramp index i (counted from sigma_min's end) -> ramp position from the sigma_max end.
+        # Upstream maps the descending points to ascending ramp positions by reversing the list.
         ramp = points[::-1] / (n_train - 1)
         sigmas = self._convert_to_karras(ramp)
         self.sigmas = torch.from_numpy(np.concatenate([sigmas, [0.0]]).astype(np.float32))  # kept on CPU
