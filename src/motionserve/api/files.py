@@ -264,7 +264,7 @@ async def upload_complete(request: Request, upload_id: str, settings: SettingsDe
 # ---- serving -----------------------------------------------------------------------------------------
 
 
-@router.api_route("/files/{token}/{name}", methods=["GET", "HEAD"])
+@router.get("/files/{token}/{name}", summary="Download a stored file (no key: the URL is the secret)")
 def get_file(token: str, name: str, file_store: FileStoreDep) -> FileResponse:
     found = file_store.get(token)
     if found is None:
@@ -277,3 +277,6 @@ def get_file(token: str, name: str, file_store: FileStoreDep) -> FileResponse:
         content_disposition_type="inline",
         headers={"Cache-Control": "private, max-age=3600"},
     )
+
+
+router.add_api_route("/files/{token}/{name}", get_file, methods=["HEAD"], include_in_schema=False)

@@ -1,0 +1,132 @@
+"""The `motionserve` command: serve, worker, keys, models.
+
+Every flag is also a `MOTIONSERVE_<FIELD>` environment variable (flags win): flags default to None
+and only the ones given are passed to `Settings.from_env` as overrides.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from datetime import datetime, timezone
+from typing import Any, Sequence
+
+from motionserve import __version__
+from motionserve.config import Settings
+
+log = logging.getLogger("motionserve")
+
+
+def _store_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", help="data directory: database, files, models (MOTIONSERVE_DATA_DIR; default ./data)")
+    p.add_argument("--database-url", help="SQLAlchemy URL, e.g. postgresql://... (default: SQLite in the data dir)")
+
+
+def _worker_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--weights", help="'real', 'tiny' (small random models, for tests) or a JSON checkpoint map")
+    p.add_argument("--devices", help="comma-separated, e.g. cuda:0,cuda:1 or cpu (default: every GPU, else cpu)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="motionserve", description="Self-hosted video diffusion with the fal model API.")
+    parser.add_argument("--version", action="version", version=f"motionserve {__version__}")
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING...")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the API server (and, by default, workers)")
+    serve.add_argument("--host", help="bind address (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default 8000)")
+    _store_flags(serve)
+    serve.add_argument("--tls-cert", help="PEM certificate (chain): serve HTTPS")
+    serve.add_argument("--tls-key", help="PEM private key for --tls-cert")
+    _worker_flags(serve)
+    serve.add_argument("--no-workers", action="store_true", default=None, help="API only; run `motionserve worker` separately")
+    serve.add_argument("--public-url", help="base URL clients use for file URLs, e.g. behind a proxy")
+    serve.add_argument("--allow-private-urls", action="store_true", default=None, help="let inputs/webhooks use private addresses")
+    serve.add_argument("--max-frames", type=int, help="largest frame count a request may ask for")
+
+    worker = sub.add_parser("worker", help="run model workers only, against the store of a `serve --no-workers`")
+    _store_flags(worker)
+    _worker_flags(worker)
+    worker.add_argument("--allow-private-urls", action="store_true", default=None, help="let inputs use private addresses")
+
+    keys = sub.add_parser("keys", help="manage API keys").add_subparsers(dest="keys_command", required=True)
+    create = keys.add_parser("create", help="create a key; prints KEY_ID:SECRET alone on the last line")
+    create.add_argument("--owner", default="default", help="who the key's requests belong to")
+    create.add_argument("--label", default="", help="a note to recognise the key by")
+    _store_flags(create)
+    _store_flags(keys.add_parser("list", help="list keys (never secrets)"))
+    revoke = keys.add_parser("revoke", help="revoke a key")
+    revoke.add_argument("key_id")
+    _store_flags(revoke)
+
+    models = sub.add_parser("models", help="manage model weights").add_subparsers(dest="models_command", required=True)
+    pull = models.add_parser("pull", help="download every checkpoint the configured weights need")
+    pull.add_argument("--weights", help="'real' or a JSON checkpoint map")
+    pull.add_argument("--data-dir", help="data directory (models are cached under it)")
+    return parser
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    """Settings from the environment with the flags that were given on top."""
+    overrides: dict[str, Any] = {}
+    for name in ("host", "port", "data_dir", "database_url", "tls_cert", "tls_key", "weights", "public_url",
+                 "allow_private_urls", "max_frames"):
+        value = getattr(args, name, None)
+        if value is not None:
+            overrides[name] = value
+    if getattr(args, "devices", None):
+        overrides["devices"] = tuple(d.strip() for d in args.devices.split(",") if d.strip())
+    if getattr(args, "no_workers", None):
+        overrides["workers_in_process"] = False
+    return Settings.from_env(**overrides)
+
+
+def _keys(args: argparse.Namespace, settings: Settings) -> int:
+    from motionserve.api.server import open_store
+
+    store = open_store(settings)
+    try:
+        if args.keys_command == "create":
+            key_id, secret = store.create_key(args.owner, args.label)
+            print(f"Created key {key_id} for owner {args.owner!r}. The secret is shown only once; use it as FAL_KEY:")
+            print(f"{key_id}:{secret}")
+        elif args.keys_command == "list":
+            for key in store.list_keys():
+                created = datetime.fromtimestamp(key.created_at, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+                state = "revoked" if key.revoked else "active"
+                print(f"{key.key_id}\t{key.owner}\t{state}\t{created}\t{key.label}")
+        elif args.keys_command == "revoke":
+            if not store.revoke_key(args.key_id):
+                print(f"No such key: {args.key_id}", file=sys.stderr)
+                return 1
+            print(f"Revoked {args.key_id}")
+    finally:
+        store.close()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    settings = settings_from_args(args)
+    if args.command == "serve":
+        from motionserve.api.server import serve
+
+        serve(settings)
+    elif args.command == "worker":
+        from motionserve.api.server import work
+
+        work(settings)
+    elif args.command == "keys":
+        return _keys(args, settings)
+    elif args.command == "models":
+        from motionserve.inference.weights import pull
+
+        pull(settings)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,130 @@
+"""Auth, JSON errors from every layer, OpenAPI documents, docs and health."""
+
+from __future__ import annotations
+
+import pytest
+
+from motionserve.api.deps import parse_key_header
+from motionserve.api.openapi import component_name
+
+from .conftest import Api
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"Authorization": "Key"},
+        {"Authorization": "Key no-colon"},
+        {"Authorization": "Basic abc:def"},
+        {"Authorization": "Key unknown-id:secret"},
+    ],
+)
+def test_missing_or_wrong_credentials_are_401_json(api: Api, headers: dict[str, str]) -> None:
+    r = api.client.post("/queue/test-owner/echo", json={"prompt": "x"}, headers=headers)
+    assert r.status_code == 401
+    assert r.headers["content-type"] == "application/json"
+    assert isinstance(r.json()["detail"], str)
+
+
+def test_wrong_secret_and_revoked_key_are_401(api: Api) -> None:
+    key_id, _ = api.key.split(":", 1)
+    r = api.client.post("/queue/test-owner/echo", json={"prompt": "x"}, headers={"Authorization": f"Key {key_id}:wrong"})
+    assert r.status_code == 401
+    api.store.revoke_key(key_id)
+    assert api.client.post("/queue/test-owner/echo", json={"prompt": "x"}, headers=api.auth).status_code == 401
+
+
+def test_every_request_route_needs_a_key(api: Api) -> None:
+    rid = api.submit()["request_id"]
+    for method, path in [
+        ("GET", f"/queue/test-owner/echo/requests/{rid}/status"),
+        ("GET", f"/queue/test-owner/echo/requests/{rid}/status/stream"),
+        ("GET", f"/queue/test-owner/echo/requests/{rid}"),
+        ("PUT", f"/queue/test-owner/echo/requests/{rid}/cancel"),
+        ("POST", "/run/test-owner/echo"),
+        ("POST", "/rest/storage/upload/initiate"),
+    ]:
+        assert api.client.request(method, path).status_code == 401, path
+
+
+def test_bearer_scheme_with_a_key_is_accepted(api: Api) -> None:
+    r = api.client.post("/queue/test-owner/echo", json={"prompt": "x"}, headers={"Authorization": f"Bearer {api.key}"})
+    assert r.status_code == 200
+
+
+def test_parse_key_header() -> None:
+    assert parse_key_header("Key abc:def:ghi") == ("abc", "def:ghi")
+    assert parse_key_header("key  abc:def") == ("abc", "def")
+    assert parse_key_header("Key :def") is None
+    assert parse_key_header(None) is None
+
+
+def test_starlette_404_and_405_are_json(api: Api) -> None:
+    r = api.client.get("/no/such/route")
+    assert r.status_code == 404 and r.headers["content-type"] == "application/json"
+    assert r.json() == {"detail": "Path /no/such/route not found"}
+    r = api.client.delete("/queue/test-owner/echo", headers=api.auth)
+    assert r.status_code == 405 and r.headers["content-type"] == "application/json"
+
+
+def test_unhandled_errors_are_500_json(api: Api) -> None:
+    def broken() -> None:
+        raise RuntimeError("boom")
+
+    api.client.app.add_api_route("/broken", broken)  # type: ignore[attr-defined]
+    r = api.client.get("/broken")
+    assert r.status_code == 500
+    assert r.headers["content-type"] == "application/json"
+    assert r.json()["detail"] == "Internal Server Error"
+
+
+def test_component_names_follow_fal() -> None:
+    assert component_name("fal-ai/fast-animatediff/text-to-video", "Input") == "FastAnimatediffTextToVideoInput"
+    assert component_name("fal-ai/animatediff-v2v/turbo", "Output") == "AnimatediffV2vTurboOutput"
+    assert component_name("fal-ai/fast-svd-lcm", "Input") == "FastSvdLcmInput"
+
+
+@pytest.mark.parametrize("path", ["/openapi/test-owner/echo/slow.json", "/queue/test-owner/echo/slow/openapi.json"])
+def test_per_endpoint_openapi_document(api: Api, path: str) -> None:
+    r = api.client.get(path)
+    assert r.status_code == 200
+    doc = r.json()
+    schemas = doc["components"]["schemas"]
+    assert doc["info"]["x-fal-metadata"] == {"endpointId": "test-owner/echo/slow"}
+    assert doc["servers"] == [{"url": "http://testserver/queue"}]
+    inp = schemas["EchoSlowInput"]
+    assert inp["required"] == ["prompt"] and inp["properties"]["num_frames"]["default"] == 16
+    assert inp["properties"]["num_frames"]["maximum"] == 64
+    assert "File" in schemas and "EchoSlowOutput" in schemas
+    post = doc["paths"]["/test-owner/echo/slow"]["post"]
+    assert post["requestBody"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/EchoSlowInput"}
+    assert "/test-owner/echo/requests/{request_id}/status" in doc["paths"]  # lookups without the subpath
+    assert api.client.get("/openapi/test-owner/missing.json").status_code == 404
+
+
+def test_app_openapi_shows_each_endpoint_input_and_docs_page(api: Api) -> None:
+    doc = api.client.get("/openapi.json").json()
+    body = doc["paths"]["/queue/test-owner/echo"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    name = body["$ref"].rsplit("/", 1)[1]
+    assert doc["components"]["schemas"][name]["properties"]["prompt"]["type"] == "string"
+    assert "/run/test-owner/echo/slow" in doc["paths"]
+    assert "/queue/{endpoint_id}" not in doc["paths"]  # the catch-all routes are replaced by concrete ones
+    docs = api.client.get("/docs")
+    assert docs.status_code == 200 and "swagger" in docs.text.lower()
+
+
+def test_health(api: Api) -> None:
+    r = api.client.get("/health")
+    assert r.status_code == 200
+    assert r.json()["status"] == "ok"
+    assert r.json()["endpoints"] == ["test-owner/echo", "test-owner/echo/slow"]
+
+
+def test_health_is_503_when_the_store_is_unreachable(api: Api) -> None:
+    def unreachable() -> bool:
+        raise OSError("database is gone")
+
+    api.store.has_keys = unreachable  # type: ignore[method-assign]
+    r = api.client.get("/health")
+    assert r.status_code == 503 and "database is gone" in r.json()["detail"]
