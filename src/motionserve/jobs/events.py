@@ -1,0 +1,63 @@
+"""Messages between a worker supervisor and its model process (sent over a multiprocessing Pipe).
+
+Small picklable dataclasses, each tagged with the job it concerns, so the supervisor can drop
+anything stale from a job it has already given up on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from motionserve.jobs.models import Job
+
+# -- supervisor -> model process ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunJob:
+    job: Job
+
+
+@dataclass(frozen=True)
+class Shutdown:
+    pass
+
+
+# -- model process -> supervisor ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Ready:
+    """The process imported the endpoints and waits for jobs."""
+
+    pid: int
+
+
+@dataclass(frozen=True)
+class StartupFailed:
+    """The process could not get ready (e.g. the endpoints failed to import); it exits next."""
+
+    traceback: str
+
+
+@dataclass(frozen=True)
+class Log:
+    job_id: str
+    level: str
+    message: str
+    timestamp: float
+
+
+@dataclass(frozen=True)
+class Done:
+    """The handler returned or raised. Exactly one of result / error / cancelled describes how."""
+
+    job_id: str
+    result: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+    cancelled: bool = False
+    inference_time: float | None = None
+
+
+ChildEvent = Ready | StartupFailed | Log | Done

@@ -1,0 +1,187 @@
+"""The model process: a long-lived child (multiprocessing *spawn*, so CUDA is safe) that runs handlers.
+
+It imports the endpoints once, builds the warm-pipeline holder (`ctx.models`) on first use, then
+serves `RunJob` messages one at a time and answers each with `Done`. Everything a handler may ask
+of the service goes through `JobContext` (the `RunContext` of endpoints/base.py). The process ends
+on `Shutdown`, on pipe EOF, or as soon as its supervisor process dies.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import multiprocessing as mp
+import os
+import threading
+import time
+import traceback
+from multiprocessing.connection import Connection
+from multiprocessing.synchronize import Event
+from types import ModuleType
+from typing import Any, Callable
+
+from motionserve.config import Settings
+from motionserve.endpoints.base import File, Limits
+from motionserve.errors import FetchError, InputValidationError, JobCancelledError, MotionserveError
+from motionserve.jobs.events import Done, Log, Ready, RunJob, Shutdown, StartupFailed
+from motionserve.jobs.models import Job, error_dict
+
+DEFAULT_REGISTRY = "motionserve.endpoints.registry"
+INTERNAL_ERROR = error_dict(500, "Internal Server Error", "internal_error")
+
+log = logging.getLogger(__name__)
+
+
+class JobContext:
+    """`RunContext` for one job, in the model process."""
+
+    def __init__(
+        self,
+        job: Job,
+        settings: Settings,
+        files_dir: str,
+        conn: Connection,
+        cancel_event: Event,
+        models: Callable[[], Any],
+    ) -> None:
+        self.request_id = job.id
+        self.limits = Limits(max_frames=settings.max_frames)
+        self._job = job
+        self._settings = settings
+        self._files_dir = files_dir
+        self._conn = conn
+        self._cancel_event = cancel_event
+        self._models = models
+
+    @property
+    def models(self) -> Any:
+        # Built on first access: a handler that fails validation never pays for loading weights.
+        return self._models()
+
+    def log(self, message: str, level: str = "INFO") -> None:
+        self._conn.send(Log(self._job.id, level.upper(), str(message), time.time()))
+
+    def is_cancelled(self) -> bool:
+        return self._cancel_event.is_set()
+
+    def raise_if_cancelled(self) -> None:
+        if self._cancel_event.is_set():
+            raise JobCancelledError("Request was cancelled")
+
+    def read_input(self, url: str, field: str) -> bytes:
+        from motionserve.storage.fetch import fetch_bytes
+
+        try:
+            return fetch_bytes(
+                url,
+                max_bytes=self._settings.max_fetch_bytes,
+                timeout_s=self._settings.fetch_timeout_s,
+                allow_private=self._settings.allow_private_urls,
+                local_reader=self._read_own_file,
+            )
+        except FetchError as exc:
+            raise InputValidationError.for_field(field, f"Could not read the file at {url[:200]!r}: {exc.message}") from exc
+
+    def _read_own_file(self, url: str) -> bytes | None:
+        """Our own `/files/{token}/...` URLs are read from disk, not fetched over the network."""
+        from motionserve.storage.local import LocalFileStore
+
+        own_bases = [b for b in (self._job.base_url, self._settings.public_url) if b]
+        token = LocalFileStore.token_from_url(url, own_bases)
+        if token is None:
+            return None
+        found = LocalFileStore(self._files_dir).get(token)
+        if found is None:
+            raise FetchError("the file does not exist or has expired")
+        path, stored = found
+        if stored.size > self._settings.max_fetch_bytes:
+            raise FetchError(f"the file is larger than {self._settings.max_fetch_bytes} bytes")
+        return path.read_bytes()
+
+    def save_output(self, data: bytes, *, content_type: str, file_name: str) -> File:
+        from motionserve.storage.local import LocalFileStore
+
+        retention = self._job.file_retention_s or self._settings.file_retention_s
+        stored = LocalFileStore(self._files_dir).put(
+            data, content_type=content_type, file_name=file_name, expires_at=time.time() + retention
+        )
+        return File(
+            url=LocalFileStore.file_url(self._job.base_url, stored),
+            content_type=stored.content_type,
+            file_name=stored.file_name,
+            file_size=stored.size,
+        )
+
+
+class _Models:
+    """The one ModelManager of this process, created on first use and kept warm."""
+
+    def __init__(self, registry: ModuleType, settings: Settings, device: str) -> None:
+        self._registry, self._settings, self._device = registry, settings, device
+        self._manager: Any = None
+
+    def __call__(self) -> Any:
+        if self._manager is None:
+            self._manager = self._registry.create_model_manager(self._settings, self._device)
+        return self._manager
+
+
+def run_job(job: Job, registry: ModuleType, ctx: JobContext) -> Done:
+    """Validate the stored input, run the handler, and turn its outcome into a `Done`."""
+    endpoint = registry.get(job.endpoint_id)
+    if endpoint is None:
+        return Done(job.id, error=error_dict(404, f"Endpoint {job.endpoint_id!r} is not served here", "bad_request"))
+    try:
+        inputs = endpoint.validate(job.input, ctx.limits)
+        started = time.perf_counter()
+        output = endpoint.run(inputs, ctx)
+        elapsed = time.perf_counter() - started
+        return Done(job.id, result=output.model_dump(mode="json", exclude_none=True), inference_time=elapsed)
+    except JobCancelledError:
+        return Done(job.id, cancelled=True)
+    except MotionserveError as exc:
+        return Done(job.id, error=error_dict(exc.status_code, exc.detail(), exc.error_type))
+    except Exception:
+        # The client sees fal's generic 500; the owner finds the traceback in the request's logs.
+        ctx.log(traceback.format_exc(), level="ERROR")
+        log.exception("request %s failed", job.id)
+        return Done(job.id, error=INTERNAL_ERROR)
+
+
+def _exit_with_parent() -> None:
+    parent = mp.parent_process()
+    if parent is not None:
+        parent.join()
+        os._exit(0)  # the supervisor is gone: nobody will collect our results; free the GPU now
+
+
+def child_main(
+    conn: Connection,
+    cancel_event: Event,
+    settings: Settings,
+    device: str,
+    files_dir: str,
+    registry_module: str = DEFAULT_REGISTRY,
+) -> None:
+    """Entry point of the model process (the target of a spawn-context Process)."""
+    threading.Thread(target=_exit_with_parent, name="parent-watch", daemon=True).start()
+    try:
+        registry = importlib.import_module(registry_module)
+        models = _Models(registry, settings, device)
+    except BaseException:
+        conn.send(StartupFailed(traceback.format_exc()))
+        raise SystemExit(1)
+    conn.send(Ready(os.getpid()))
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            return  # the supervisor closed the pipe
+        if isinstance(message, Shutdown):
+            return
+        if isinstance(message, RunJob):
+            ctx = JobContext(message.job, settings, files_dir, conn, cancel_event, models)
+            try:
+                conn.send(run_job(message.job, registry, ctx))
+            except (BrokenPipeError, EOFError, OSError):
+                return

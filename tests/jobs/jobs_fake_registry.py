@@ -1,0 +1,83 @@
+"""A stand-in for motionserve.endpoints.registry, loaded by the model process in worker tests.
+
+TEST HOOK ONLY: WorkerSupervisor(registry_module="jobs_fake_registry"). Small endpoints that
+exercise what the supervisor must handle (logs, cooperative and stubborn cancellation, errors,
+output files) without torch.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from pydantic import BaseModel
+
+from motionserve.endpoints.base import Endpoint, EndpointInput, File, RunContext
+from motionserve.errors import ModelUnavailableError
+
+MODEL_MANAGERS_CREATED = 0
+
+
+class EchoInput(EndpointInput):
+    message: str
+    steps: int = 3
+    step_s: float = 0.0
+
+
+class EchoOutput(BaseModel):
+    echo: str
+    pid: int
+    models_built: int
+
+
+def echo(inputs: EchoInput, ctx: RunContext) -> EchoOutput:
+    for i in range(inputs.steps):
+        ctx.raise_if_cancelled()
+        ctx.log(f"step {i + 1}/{inputs.steps}")
+        time.sleep(inputs.step_s)
+    ctx.models  # noqa: B018 (touch the lazily built manager)
+    return EchoOutput(echo=inputs.message, pid=os.getpid(), models_built=MODEL_MANAGERS_CREATED)
+
+
+def stubborn(inputs: EchoInput, ctx: RunContext) -> EchoOutput:
+    ctx.log("ignoring cancellation")
+    while True:  # like a handler stuck in a long kernel: never checks for cancellation
+        time.sleep(0.05)
+
+
+def broken(inputs: EchoInput, ctx: RunContext) -> EchoOutput:
+    raise ValueError("tensor shapes do not match")
+
+
+def unavailable(inputs: EchoInput, ctx: RunContext) -> EchoOutput:
+    raise ModelUnavailableError("checkpoint guoyww/animatediff-motion-adapter-v1-5-2 is missing")
+
+
+class SaveOutput(BaseModel):
+    video: File
+
+
+def save(inputs: EchoInput, ctx: RunContext) -> SaveOutput:
+    return SaveOutput(video=ctx.save_output(inputs.message.encode(), content_type="video/mp4", file_name="out.mp4"))
+
+
+def _endpoint(name: str, run: Any, output: type[BaseModel] = EchoOutput) -> Endpoint:
+    return Endpoint(endpoint_id=f"test/{name}", title=name, description=name, input_model=EchoInput,
+                    output_model=output, run=run)
+
+
+ENDPOINTS = {e.endpoint_id: e for e in (
+    _endpoint("echo", echo), _endpoint("stubborn", stubborn), _endpoint("broken", broken),
+    _endpoint("unavailable", unavailable), _endpoint("save", save, SaveOutput),
+)}
+
+
+def get(endpoint_id: str) -> Endpoint | None:
+    return ENDPOINTS.get(endpoint_id)
+
+
+def create_model_manager(settings: Any, device: str) -> Any:
+    global MODEL_MANAGERS_CREATED
+    MODEL_MANAGERS_CREATED += 1
+    return {"device": device}
