@@ -7,6 +7,7 @@ import math
 import struct
 import zlib
 from fractions import Fraction
+from pathlib import Path
 
 import av
 import numpy as np
@@ -214,6 +215,20 @@ def test_webm_truncated_at_half_is_refused() -> None:
     data = make_video("webm", "vp9", width=128, height=96, fps=24, seconds=3, pattern="gradient")
     with pytest.raises(MediaDecodeError, match="truncated"):
         decode_video(truncated(data, 0.5))
+
+
+def test_playlists_cannot_make_ffmpeg_read_other_files(tmp_path: Path) -> None:
+    # HLS and concat playlists name other files; a decoder that followed them would read the
+    # server's disk (or fetch URLs) on behalf of whoever uploaded the playlist.
+    secret = tmp_path / "secret.mp4"
+    secret.write_bytes(make_video(frames=4))
+    playlists = [
+        f"#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:1.0,\nfile://{secret}\n#EXT-X-ENDLIST\n",
+        f"ffconcat version 1.0\nfile 'file:{secret}'\n",
+    ]
+    for playlist in playlists:
+        with pytest.raises(MediaDecodeError, match="not a readable video"):
+            decode_video(playlist.encode())
 
 
 def test_a_still_image_is_not_a_video() -> None:

@@ -18,6 +18,7 @@ Decisions worth knowing:
 
 from __future__ import annotations
 
+import errno
 import io
 from dataclasses import dataclass
 from typing import Iterator
@@ -40,6 +41,18 @@ MAX_DECODED_FRAMES = 20_000
 MAX_KEPT_BYTES = 2 * 1024**3
 # FFmpeg demuxers that read single still images; a "video" in one of these is refused.
 _STILL_IMAGE_DEMUXERS = ("image2", "_pipe")
+# Only these demuxers may read uploads. Playlist-like formats (HLS, concat, DASH...) would make
+# FFmpeg open other URLs or local files named inside the upload: an SSRF / file-read hole.
+_ALLOWED_DEMUXERS = ",".join(
+    (
+        "mov,mp4,m4a,3gp,3g2,mj2",  # MP4 / MOV
+        "matroska,webm",
+        "avi,gif,mpegts,flv,ogg,asf,mpeg,ivf,h264,hevc,m4v,apng",
+        "png_pipe,jpeg_pipe,webp_pipe,bmp_pipe,tiff_pipe,avif",  # decode_image's fallback
+        "wav,mp3,aac,flac",  # audio only: read so that the error can say "no video stream"
+    )
+)
+_OPEN_OPTIONS = {"format_whitelist": _ALLOWED_DEMUXERS, "protocol_whitelist": "none"}
 
 
 class MediaDecodeError(Exception):
@@ -286,11 +299,12 @@ class _open_video:
         if not self.data:
             raise MediaDecodeError(f"the {self.what} file is empty")
         try:
-            self.container = av.open(io.BytesIO(self.data), mode="r")
+            self.container = av.open(io.BytesIO(self.data), mode="r", options=_OPEN_OPTIONS)
         except av.FFmpegError as exc:
+            # EINVAL is how FFmpeg says no allowed demuxer recognised the data: nothing to add.
+            detail = "" if getattr(exc, "errno", None) == errno.EINVAL else f" ({_ffmpeg_reason(exc)})"
             raise MediaDecodeError(
-                f"the file is not a readable {self.what}: it is corrupt, truncated or in an unsupported format"
-                f" ({_ffmpeg_reason(exc)})"
+                f"the file is not a readable {self.what}: it is corrupt, truncated or in an unsupported format{detail}"
             ) from exc
         container = self.container
         if not container.streams.video:
