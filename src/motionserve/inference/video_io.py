@@ -1,15 +1,17 @@
 """Video and image I/O for the endpoints: decode untrusted uploads, encode browser-playable MP4s.
 
-Decoding goes through PyAV (FFmpeg), so anything FFmpeg reads works: MP4/MOV (H.264, HEVC...),
-WebM (VP8/VP9, AV1), MKV, AVI, animated GIF. Input is untrusted: dimensions are checked before any
-frame is kept, the number of frames is bounded, and every FFmpeg/Pillow failure becomes a
-`MediaDecodeError` whose message tells the user what is wrong with *their file*.
+Decoding goes through PyAV (FFmpeg): MP4/MOV (H.264, HEVC...), WebM (VP8/VP9, AV1), MKV, AVI,
+MPEG-TS, FLV, animated GIF... Input is untrusted: only self-contained container formats are opened
+(no playlists that name other files), dimensions are checked before any frame is kept, frame count
+and memory are bounded, a file cut short is refused rather than silently shortened, and every
+FFmpeg/Pillow failure becomes a `MediaDecodeError` whose message tells the user what is wrong
+with *their file*.
 
 Decisions worth knowing:
 - `decode_video` refuses still images (PNG/JPEG/WebP/...): a 1-frame "video" would silently
   produce nonsense in a video-to-video endpoint. Single-frame GIFs are accepted (they are GIFs).
 - `decode_image` accepts any image Pillow reads, and falls back to the first frame of anything
-  FFmpeg reads (AVIF/HEIC builds, even a video), so an image field is as lenient as possible.
+  FFmpeg reads (AVIF, BMP/TIFF, even a video), so an image field is as lenient as possible.
 - Display rotation (portrait phone videos) and EXIF orientation are applied: returned frames are
   upright, and `width`/`height` are the displayed size.
 - `encode_mp4` writes H.264 yuv420p with the moov atom first (+faststart); odd sizes are padded by one
@@ -24,11 +26,10 @@ from dataclasses import dataclass
 from typing import Iterator
 
 import av
-import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from motionserve.inference.frame_sampling import EPS, NearestSampler, StreamClock
-from motionserve.inference.video_encode import to_rgb, encode_mp4
+from motionserve.inference.video_encode import encode_mp4, to_rgb
 
 __all__ = ["DecodedVideo", "MediaDecodeError", "VideoInfo", "decode_image", "decode_video", "encode_mp4", "probe_video"]
 
