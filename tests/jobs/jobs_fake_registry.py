@@ -20,7 +20,8 @@ MODEL_MANAGERS_CREATED = 0
 
 
 class EchoInput(EndpointInput):
-    message: str
+    message: str = ""
+    file_url: str | None = None
     steps: int = 3
     step_s: float = 0.0
 
@@ -54,6 +55,11 @@ def unavailable(inputs: EchoInput, ctx: RunContext) -> EchoOutput:
     raise ModelUnavailableError("checkpoint guoyww/animatediff-motion-adapter-v1-5-2 is missing")
 
 
+def read(inputs: EchoInput, ctx: RunContext) -> EchoOutput:
+    data = ctx.read_input(inputs.file_url or "", "file_url")
+    return EchoOutput(echo=data.decode(), pid=os.getpid(), models_built=MODEL_MANAGERS_CREATED)
+
+
 class SaveOutput(BaseModel):
     video: File
 
@@ -69,7 +75,7 @@ def _endpoint(name: str, run: Any, output: type[BaseModel] = EchoOutput) -> Endp
 
 ENDPOINTS = {e.endpoint_id: e for e in (
     _endpoint("echo", echo), _endpoint("stubborn", stubborn), _endpoint("broken", broken),
-    _endpoint("unavailable", unavailable), _endpoint("save", save, SaveOutput),
+    _endpoint("unavailable", unavailable), _endpoint("save", save, SaveOutput), _endpoint("read", read),
 )}
 
 

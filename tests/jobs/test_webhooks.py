@@ -155,3 +155,24 @@ def test_run_forever_stops(store: Store, receiver: Receiver) -> None:
         thread.join(10)
     assert not thread.is_alive()
     assert store.webhook_deliveries(job_id)[0]["state"] == "delivered"
+
+
+def test_webhook_target_policy(monkeypatch: pytest.MonkeyPatch) -> None:
+    from motionserve.errors import FetchError
+    from motionserve.jobs.webhooks import resolve_webhook_target
+
+    for refused in ("http://127.0.0.1:9/x", "http://[::1]/x", "http://169.254.169.254/latest", "ftp://example.com/x",
+                    "http://10.0.0.8/x"):
+        with pytest.raises(FetchError):
+            resolve_webhook_target(refused, allow_private=False)
+    assert str(resolve_webhook_target("http://127.0.0.1:9/x", allow_private=True).url) == "http://127.0.0.1:9/x"
+
+    answers = {"hooks.example.com": ["93.184.216.34"], "split.example.com": ["93.184.216.34", "192.168.1.5"]}
+    monkeypatch.setattr("socket.getaddrinfo", lambda host, port, **kw: [(0, 0, 0, "", (a, port)) for a in answers[host]])
+    target = resolve_webhook_target("https://hooks.example.com:8443/in?x=1", allow_private=False)
+    # Connect to the address that was checked; the name still goes in Host and TLS SNI.
+    assert str(target.url) == "https://93.184.216.34:8443/in?x=1"
+    assert target.headers == {"Host": "hooks.example.com:8443"}
+    assert target.extensions == {"sni_hostname": "hooks.example.com"}
+    with pytest.raises(FetchError, match="192.168.1.5"):
+        resolve_webhook_target("https://split.example.com/in", allow_private=False)

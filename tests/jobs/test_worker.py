@@ -115,6 +115,20 @@ def test_output_files_are_saved_with_public_urls(worker: Running) -> None:
     assert path.read_bytes() == b"not really an mp4" and stored.expires_at is not None
 
 
+def test_inputs_are_read_from_data_uris_and_our_own_files(worker: Running) -> None:
+    saved = worker.wait_done(worker.submit("save", message="my own file"))
+    own = worker.wait_done(worker.submit("read", file_url=saved.result["video"]["url"]))  # type: ignore[index]
+    assert own.state is JobState.SUCCEEDED and own.result["echo"] == "my own file"  # type: ignore[index]
+    inline = worker.wait_done(worker.submit("read", file_url="data:text/plain;base64,aW5saW5l"))
+    assert inline.result["echo"] == "inline"  # type: ignore[index]
+    # Loopback is refused (allow_private_urls is off): a 422 that names the field.
+    refused = worker.wait_done(worker.submit("read", file_url="http://127.0.0.1:9/secret"))
+    assert refused.state is JobState.FAILED and refused.error["status_code"] == 422  # type: ignore[index]
+    assert refused.error["detail"][0]["loc"] == ["body", "file_url"]  # type: ignore[index]
+    gone = worker.wait_done(worker.submit("read", file_url="http://127.0.0.1:8000/files/" + "A" * 32 + "/x.mp4"))
+    assert gone.error["status_code"] == 422 and "expired" in gone.error["detail"][0]["msg"]  # type: ignore[index]
+
+
 def test_cancel_stops_a_running_job(worker: Running) -> None:
     job = worker.submit("echo", message="long", steps=10_000, step_s=0.01)
     wait_for(lambda: worker.store.logs(job.id), "the job to start logging")

@@ -70,6 +70,7 @@ class JobContext:
 
     def read_input(self, url: str, field: str) -> bytes:
         from motionserve.storage.fetch import fetch_bytes
+        from motionserve.storage.local import LocalFileStore
 
         try:
             return fetch_bytes(
@@ -77,26 +78,12 @@ class JobContext:
                 max_bytes=self._settings.max_fetch_bytes,
                 timeout_s=self._settings.fetch_timeout_s,
                 allow_private=self._settings.allow_private_urls,
-                local_reader=self._read_own_file,
+                # Our own /files/... URLs are read from disk, not fetched over the network.
+                local_store=LocalFileStore(self._files_dir),
+                own_base_urls=[b for b in (self._job.base_url, self._settings.public_url) if b],
             )
         except FetchError as exc:
-            raise InputValidationError.for_field(field, f"Could not read the file at {url[:200]!r}: {exc.message}") from exc
-
-    def _read_own_file(self, url: str) -> bytes | None:
-        """Our own `/files/{token}/...` URLs are read from disk, not fetched over the network."""
-        from motionserve.storage.local import LocalFileStore
-
-        own_bases = [b for b in (self._job.base_url, self._settings.public_url) if b]
-        token = LocalFileStore.token_from_url(url, own_bases)
-        if token is None:
-            return None
-        found = LocalFileStore(self._files_dir).get(token)
-        if found is None:
-            raise FetchError("the file does not exist or has expired")
-        path, stored = found
-        if stored.size > self._settings.max_fetch_bytes:
-            raise FetchError(f"the file is larger than {self._settings.max_fetch_bytes} bytes")
-        return path.read_bytes()
+            raise InputValidationError.for_field(field, f"Could not read the file: {exc.message}") from exc
 
     def save_output(self, data: bytes, *, content_type: str, file_name: str) -> File:
         from motionserve.storage.local import LocalFileStore

@@ -12,16 +12,18 @@ any process running a dispatcher can send them.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
-import ipaddress
 import logging
+import os
 import socket
+import ssl
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Callable, Mapping
-from urllib.parse import urlsplit
 
+import certifi
 import httpx
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -29,6 +31,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from motionserve.errors import FetchError
 from motionserve.jobs.models import PendingWebhook
 from motionserve.jobs.webhook_payload import fal_webhook_payload, webhook_body
+from motionserve.storage.addresses import is_public_address, parse_ip
 
 if TYPE_CHECKING:
     from motionserve.jobs.store import Store
@@ -124,32 +127,54 @@ def verify_signature(
 # -- target address policy -----------------------------------------------------------------
 
 
-def check_webhook_url(url: str, allow_private: bool) -> None:
-    """Refuse non-http(s) URLs and, unless allowed, hosts that resolve to non-public addresses.
+class _Target:
+    """Where to POST: the URL (pinned to a checked IP address unless private targets are allowed)."""
 
-    Uses the input-fetch policy of motionserve.storage.fetch when that module provides one, so
-    webhooks cannot be aimed at the operator's internal network any more than inputs can.
+    def __init__(self, url: httpx.URL, headers: dict[str, str], extensions: dict[str, Any]) -> None:
+        self.url, self.headers, self.extensions = url, headers, extensions
+
+
+def resolve_webhook_target(url: str, allow_private: bool) -> _Target:
+    """Refuse non-http(s) URLs and, unless allowed, hosts with any non-public address.
+
+    Same policy as input fetches (motionserve.storage.addresses): a webhook must not be a way to
+    make the server POST into the operator's network. The connection goes to the address that was
+    checked (the name travels in Host and TLS SNI), so DNS rebinding cannot change it afterwards.
     """
     try:
-        from motionserve.storage.fetch import check_url_allowed  # type: ignore[attr-defined]
-    except ImportError:
-        check_url_allowed = None
-    if check_url_allowed is not None:
-        check_url_allowed(url, allow_private)
-        return
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise FetchError(f"webhook URL must be http(s) with a host: {url!r}")
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError, ValueError) as exc:
+        raise FetchError(f"invalid webhook URL {url[:120]!r}") from exc
+    if parsed.scheme not in ("http", "https") or not parsed.raw_host:
+        raise FetchError(f"webhook URL must be http(s) with a host: {url[:120]!r}")
     if allow_private:
-        return
-    try:
-        infos = socket.getaddrinfo(parts.hostname, parts.port or 443, proto=socket.IPPROTO_TCP)
-    except OSError as exc:
-        raise FetchError(f"cannot resolve webhook host {parts.hostname!r}: {exc}") from exc
-    for info in infos:
-        address = ipaddress.ip_address(info[4][0])
-        if not address.is_global:
-            raise FetchError(f"webhook host {parts.hostname!r} resolves to a non-public address ({address})")
+        return _Target(parsed, {}, {})
+    host = parsed.raw_host.decode("ascii")
+    literal = parse_ip(host)
+    if literal is not None:
+        addresses = [literal]
+    else:
+        try:
+            infos = socket.getaddrinfo(host, parsed.port or 443, type=socket.SOCK_STREAM)
+        except (OSError, UnicodeError) as exc:
+            raise FetchError(f"could not resolve webhook host {host!r}") from exc
+        addresses = [a for a in (parse_ip(str(info[4][0])) for info in infos) if a is not None]
+        if not addresses:
+            raise FetchError(f"could not resolve webhook host {host!r}")
+    for address in addresses:
+        if not is_public_address(address):
+            raise FetchError(f"webhook host {host!r} resolves to {address}, a loopback, private or non-public address")
+    extensions = {"sni_hostname": host} if parsed.scheme == "https" else {}
+    return _Target(parsed.copy_with(host=str(addresses[0])), {"Host": parsed.netloc.decode("ascii")}, extensions)
+
+
+@functools.lru_cache(maxsize=4)
+def _ssl_context(cafile: str | None, capath: str | None) -> ssl.SSLContext:
+    """Public CAs plus the operator's own (SSL_CERT_FILE / SSL_CERT_DIR), as for input fetches."""
+    context = ssl.create_default_context(cafile=certifi.where())
+    if cafile or capath:
+        context.load_verify_locations(cafile=cafile or None, capath=capath or None)
+    return context
 
 
 # -- delivery ------------------------------------------------------------------------------
@@ -188,17 +213,20 @@ class WebhookDispatcher:
         if not due:
             return 0
         # One slow receiver (15 s timeout) must not hold up the others.
-        with httpx.Client(timeout=self.timeout, follow_redirects=False, trust_env=False) as client:
+        self.store.signing_key()  # create it (once, race-safe) before the threads need it
+        # trust_env=False: a proxy would make the address check meaningless (as for input fetches).
+        verify = _ssl_context(os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR"))
+        with httpx.Client(timeout=self.timeout, follow_redirects=False, trust_env=False, verify=verify) as client:
             with ThreadPoolExecutor(max_workers=min(self.concurrency, len(due))) as pool:
                 return sum(pool.map(lambda hook: self._deliver(client, hook), due))
 
     def _deliver(self, client: httpx.Client, hook: PendingWebhook) -> bool:
         error: str | None
         try:
-            check_webhook_url(hook.url, self.allow_private)
+            target = resolve_webhook_target(hook.url, self.allow_private)
             headers = signature_headers(self.store.signing_key(), hook.job_id, hook.owner, hook.body, int(self.clock()))
-            headers.update({"Content-Type": "application/json", "User-Agent": "motionserve-webhook"})
-            response = client.post(hook.url, content=hook.body, headers=headers)
+            headers.update({"Content-Type": "application/json", "User-Agent": "motionserve-webhook", **target.headers})
+            response = client.post(target.url, content=hook.body, headers=headers, extensions=target.extensions)
             error = None if response.is_success else f"HTTP {response.status_code}"
         except FetchError as exc:
             error = f"refused: {exc.message}"
