@@ -1,0 +1,188 @@
+"""Warm pipelines for one device: loaded once, kept, and evicted least-recently-used under a memory budget.
+
+Pipelines are grouped by what they share: text-to-video and video-to-video are one group (the v2v
+pipeline is `from_pipe` of the t2v one, same modules), turbo and SVD-LCM are groups of their own. A
+group is loaded on the CPU, measured (parameters and buffers), then moved to the device once enough
+least-recently-used groups have been evicted for it to fit in the budget. The budget counts weights
+only; activations need the rest of the device's memory.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Mapping
+
+import torch
+
+from motionserve.config import Settings
+from motionserve.inference.weights import Checkpoints, LoraSourceError, load_checkpoints, lora_weights_file, resolve_lora_source
+
+if TYPE_CHECKING:
+    from diffusers import AnimateDiffPipeline, AnimateDiffVideoToVideoPipeline, DiffusionPipeline
+
+log = logging.getLogger(__name__)
+
+GB = 1024**3
+LCM_ADAPTER = "lcm"
+
+
+class ModelManager:
+    """Builds pipelines on first use and keeps them warm on `device`.
+
+    `weights` is `Settings.weights` ("real", "tiny", or a JSON map path); `cache_dir` holds the tiny
+    models (real checkpoints live in the Hugging Face cache). `memory_budget_bytes=None` means unbounded.
+    """
+
+    def __init__(self, weights: str, cache_dir: Path, device: str, memory_budget_bytes: int | None = None) -> None:
+        self.device = torch.device(device)
+        # Half precision on GPUs (how the checkpoints are meant to run); CPUs are slow and inexact in fp16.
+        self.dtype = torch.float16 if self.device.type == "cuda" else torch.float32
+        self.memory_budget_bytes = memory_budget_bytes
+        self.checkpoints: Checkpoints = load_checkpoints(weights, tiny_root=Path(cache_dir) / "tiny")
+        self._groups: OrderedDict[str, dict[str, Any]] = OrderedDict()  # group -> {"size": bytes, pipeline name -> pipe}
+        self._motion_loras: dict[str, dict[str, torch.Tensor]] = {}
+        self._lock = threading.RLock()
+
+    @classmethod
+    def from_settings(cls, settings: Settings, device: str) -> "ModelManager":
+        budget: int | None
+        if settings.memory_budget_gb is not None:
+            budget = int(settings.memory_budget_gb * GB)
+        elif torch.device(device).type == "cuda":
+            budget = torch.cuda.get_device_properties(torch.device(device)).total_memory
+        else:
+            budget = None
+        return cls(settings.weights, settings.models_dir, device, budget)
+
+    # -- pipelines ---------------------------------------------------------------------------------
+
+    def text_to_video(self) -> "AnimateDiffPipeline":
+        """AnimateDiff with the v1-5-2 motion adapter and AnimateDiff's recommended DDIM schedule."""
+        return self._get("animatediff", "text_to_video", self._load_animatediff)
+
+    def video_to_video(self) -> "AnimateDiffVideoToVideoPipeline":
+        """The video-to-video pipeline over the very same modules as `text_to_video()`."""
+        return self._get("animatediff", "video_to_video", self._load_animatediff)
+
+    def turbo(self) -> "AnimateDiffVideoToVideoPipeline":
+        """Video-to-video with the AnimateLCM adapter, LCM scheduler and the LCM LoRA as adapter "lcm"."""
+        return self._get("turbo", "turbo", self._load_turbo)
+
+    def svd_lcm(self) -> "DiffusionPipeline":
+        """StableVideoDiffusionPipeline with the AnimateLCM-SVD UNet (built by `inference.svd`)."""
+        return self._get("svd_lcm", "svd_lcm", self._load_svd_lcm)
+
+    def loaded(self) -> list[str]:
+        """Warm groups, least recently used first."""
+        with self._lock:
+            return list(self._groups)
+
+    def _get(self, group: str, name: str, loader: Callable[[], dict[str, Any]]) -> Any:
+        with self._lock:
+            if group not in self._groups:
+                pipes = loader()  # on the CPU, so it can be measured before it takes device memory
+                size = _module_bytes(pipes.values())
+                self._make_room(size)
+                for pipe in pipes.values():
+                    pipe.to(self.device)
+                    pipe.set_progress_bar_config(disable=True)
+                self._groups[group] = {"size": size, **pipes}
+                log.info("loaded %s (%.2f GB) on %s", group, size / GB, self.device)
+            self._groups.move_to_end(group)
+            return self._groups[group][name]
+
+    def _make_room(self, size: int) -> None:
+        if self.memory_budget_bytes is None:
+            return
+        if size > self.memory_budget_bytes:
+            log.warning("a pipeline of %.2f GB exceeds the %.2f GB budget; loading it alone", size / GB, self.memory_budget_bytes / GB)
+        while self._groups and sum(g["size"] for g in self._groups.values()) + size > self.memory_budget_bytes:
+            evicted, _ = self._groups.popitem(last=False)
+            log.info("evicting %s to make room", evicted)
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    # -- loaders -----------------------------------------------------------------------------------
+
+    def _load_animatediff(self) -> dict[str, Any]:
+        from diffusers import DDIMScheduler, MotionAdapter
+
+        from motionserve.inference.animatediff_pipelines import (
+            MotionserveAnimateDiffPipeline,
+            MotionserveAnimateDiffVideoToVideoPipeline,
+        )
+
+        adapter = MotionAdapter.from_pretrained(self.checkpoints.path("motion_adapter"), dtype=self.dtype)
+        t2v = MotionserveAnimateDiffPipeline.from_pretrained(
+            self.checkpoints.path("sd15_base"), motion_adapter=adapter, dtype=self.dtype
+        )
+        # AnimateDiff's documented schedule; the motion modules were trained with linear betas.
+        t2v.scheduler = DDIMScheduler.from_config(
+            t2v.scheduler.config, clip_sample=False, timestep_spacing="linspace", beta_schedule="linear", steps_offset=1
+        )
+        v2v = MotionserveAnimateDiffVideoToVideoPipeline.from_pipe(t2v)
+        return {"text_to_video": t2v, "video_to_video": v2v}
+
+    def _load_turbo(self) -> dict[str, Any]:
+        from diffusers import LCMScheduler, MotionAdapter
+
+        from motionserve.inference.animatediff_pipelines import MotionserveAnimateDiffVideoToVideoPipeline
+
+        adapter = MotionAdapter.from_pretrained(self.checkpoints.path("animatelcm_adapter"), dtype=self.dtype)
+        pipe = MotionserveAnimateDiffVideoToVideoPipeline.from_pretrained(
+            self.checkpoints.path("sd15_base"), motion_adapter=adapter, dtype=self.dtype
+        )
+        pipe.scheduler = LCMScheduler.from_config(pipe.scheduler.config, beta_schedule="linear")
+        pipe.load_lora_weights(str(self.checkpoints.path("animatelcm_lora")), adapter_name=LCM_ADAPTER)
+        pipe.set_adapters([LCM_ADAPTER], adapter_weights=[1.0])
+        return {"turbo": pipe}
+
+    def _load_svd_lcm(self) -> dict[str, Any]:
+        from motionserve.inference.svd import load_svd_lcm
+
+        return {"svd_lcm": load_svd_lcm(self.checkpoints, torch.device("cpu"), self.dtype)}
+
+    # -- LoRAs -------------------------------------------------------------------------------------
+
+    def motion_lora_path(self, motion: str) -> Path:
+        """The weights file of a motion LoRA (e.g. "zoom-in")."""
+        return lora_weights_file(self.checkpoints.path(f"motion_lora:{motion}"))
+
+    def motion_lora_state_dict(self, motion: str) -> Mapping[str, torch.Tensor]:
+        """A motion LoRA's weights, read once and kept in memory (loading it into a pipeline is then cheap)."""
+        with self._lock:
+            if motion not in self._motion_loras:
+                from safetensors.torch import load_file
+
+                self._motion_loras[motion] = load_file(self.motion_lora_path(motion))
+            return self._motion_loras[motion]
+
+    def resolve_lora(self, source: str) -> Path:
+        """A user LoRA given as a local file/folder or a hub repo id (optionally `owner/repo/file.safetensors`).
+
+        Raises `LoraSourceError` (a ValueError) with a user-facing message when it cannot be had.
+        """
+        return resolve_lora_source(source)
+
+
+def _module_bytes(pipes: Any) -> int:
+    """Bytes of the parameters and buffers of the pipelines' modules, shared tensors counted once."""
+    seen: set[int] = set()
+    total = 0
+    for pipe in pipes:
+        for component in pipe.components.values():
+            if not isinstance(component, torch.nn.Module):
+                continue
+            for tensor in [*component.parameters(), *component.buffers()]:
+                if id(tensor) not in seen:
+                    seen.add(id(tensor))
+                    total += tensor.numel() * tensor.element_size()
+    return total
+
+
+__all__ = ["ModelManager", "LoraSourceError", "LCM_ADAPTER"]

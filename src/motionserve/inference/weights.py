@@ -1,0 +1,293 @@
+"""Which checkpoint each model component comes from, and where it lies on disk.
+
+The checkpoint map is configuration (`Settings.weights`):
+
+- ``"real"``: the published checkpoints in `DEFAULT_MAP` (Hugging Face repo ids);
+- ``"tiny"``: small random models built on first use under ``<data_dir>/models/tiny`` (tests, demos);
+- a path to a JSON file: entries overriding `DEFAULT_MAP`, same shape. A value is a string (a repo id or
+  a local folder/file) or ``{"source": ..., "file": ...}`` for single-file checkpoints kept inside a repo
+  or folder. ``motion_loras`` is a nested object keyed by motion name. Relative local paths are resolved
+  against the JSON file's folder; to be told apart from repo ids (``owner/name``) they must start with
+  ``./`` or ``../`` (or be absolute, or ``~``).
+
+Repo ids are resolved through huggingface_hub: the local HF cache first (no network), then a download
+unless ``HF_HUB_OFFLINE=1``. A checkpoint that cannot be had raises `ModelUnavailableError` naming it and
+saying how to get it. `pull(settings)` (``motionserve models pull``) fetches every entry ahead of time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Literal
+
+from motionserve.config import Settings
+from motionserve.errors import ModelUnavailableError
+
+Kind = Literal["pipeline", "model", "file"]
+
+MOTIONS: tuple[str, ...] = (
+    "zoom-in",
+    "zoom-out",
+    "pan-left",
+    "pan-right",
+    "tilt-up",
+    "tilt-down",
+    "rolling-clockwise",
+    "rolling-anticlockwise",
+)
+
+# What each entry is: a diffusers pipeline folder, a single diffusers model folder, or one file.
+KINDS: dict[str, Kind] = {
+    "sd15_base": "pipeline",
+    "motion_adapter": "model",
+    "animatelcm_adapter": "model",
+    "animatelcm_lora": "file",
+    "svd_base": "pipeline",
+    "svd_lcm_unet": "file",
+}
+
+DEFAULT_MAP: dict[str, Any] = {
+    "sd15_base": "emilianJR/epiCRealism",
+    "motion_adapter": "guoyww/animatediff-motion-adapter-v1-5-2",
+    "motion_loras": {m: f"guoyww/animatediff-motion-lora-{m}" for m in MOTIONS},
+    "animatelcm_adapter": "wangfuyun/AnimateLCM",
+    "animatelcm_lora": {"source": "wangfuyun/AnimateLCM", "file": "AnimateLCM_sd15_t2v_lora.safetensors"},
+    "svd_base": "stabilityai/stable-video-diffusion-img2vid-xt-1-1",
+    "svd_lcm_unet": {"source": "wangfuyun/AnimateLCM-SVD-xt", "file": "AnimateLCM-SVD-xt-1.1.safetensors"},
+}
+
+# Only what diffusers loads: configs, tokenizers and full-precision safetensors. Without these patterns a
+# snapshot of e.g. wangfuyun/AnimateLCM would also pull several GB of unrelated .ckpt files.
+_PIPELINE_PATTERNS = ["*.json", "*.txt", "*diffusion_pytorch_model.safetensors", "*/model.safetensors"]
+_MODEL_PATTERNS = ["config.json", "diffusion_pytorch_model.safetensors"]
+# LoRA repos (motion LoRAs) hold one weights file whose name varies.
+_LORA_PATTERNS = ["*.json", "*.safetensors"]
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """One entry of the map: `source` is a repo id or a local path; `file` a file inside it, if any."""
+
+    name: str
+    kind: Kind
+    source: str
+    file: str | None = None
+
+    @property
+    def is_local(self) -> bool:
+        return _looks_local(self.source)
+
+    def describe(self) -> str:
+        return f"{self.source}/{self.file}" if self.file else self.source
+
+
+def _looks_local(source: str) -> bool:
+    return source.startswith(("/", "./", "../", "~")) or Path(source).exists()
+
+
+class Checkpoints:
+    """The resolved checkpoint map: `path(name)` gives a local folder or file for an entry."""
+
+    def __init__(self, entries: dict[str, Checkpoint], cache_dir: Path | None = None) -> None:
+        self._entries = entries
+        self.cache_dir = cache_dir  # HF cache; None = huggingface_hub's default (HF_HOME)
+
+    def __getitem__(self, name: str) -> Checkpoint:
+        try:
+            return self._entries[name]
+        except KeyError:
+            raise KeyError(f"no checkpoint named {name!r}; known: {sorted(self._entries)}") from None
+
+    def __iter__(self) -> Iterator[Checkpoint]:
+        return iter(self._entries.values())
+
+    def path(self, name: str, *, download: bool | None = None) -> Path:
+        """Local folder (pipeline/model) or file for the entry, downloading it if allowed.
+
+        `download=None` downloads unless HF_HUB_OFFLINE is set; False only looks in the cache.
+        """
+        return resolve(self[name], cache_dir=self.cache_dir, download=download)
+
+    def motion_lora(self, motion: str) -> Checkpoint:
+        return self[f"motion_lora:{motion}"]
+
+    @classmethod
+    def from_map(cls, raw: dict[str, Any], *, base_dir: Path | None = None, cache_dir: Path | None = None) -> "Checkpoints":
+        entries: dict[str, Checkpoint] = {}
+        for key, value in raw.items():
+            if key == "motion_loras":
+                for motion, spec in value.items():
+                    name = f"motion_lora:{motion}"
+                    entries[name] = _entry(name, "model", spec, base_dir)
+            elif key in KINDS:
+                entries[key] = _entry(key, KINDS[key], value, base_dir)
+            else:
+                raise ValueError(f"unknown checkpoint {key!r} in the weights map; known: {sorted(KINDS)} and motion_loras")
+        return cls(entries, cache_dir)
+
+
+def _entry(name: str, kind: Kind, spec: Any, base_dir: Path | None) -> Checkpoint:
+    if isinstance(spec, str):
+        source, file = spec, None
+    elif isinstance(spec, dict) and isinstance(spec.get("source"), str):
+        source, file = spec["source"], spec.get("file")
+    else:
+        raise ValueError(f"weights map entry {name!r} must be a string or {{'source': ..., 'file': ...}}, got {spec!r}")
+    if source.startswith("~"):
+        source = str(Path(source).expanduser())
+    elif source.startswith(("./", "../")) and base_dir is not None:
+        source = str((base_dir / source).resolve())
+    if kind == "file" and file is None and not _looks_local(source):
+        raise ValueError(f"weights map entry {name!r} is a single file: give {{'source': repo, 'file': name}}")
+    return Checkpoint(name=name, kind=kind, source=source, file=file)
+
+
+def merge_maps(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """`override` on top of `base`; `motion_loras` is merged per motion rather than replaced."""
+    merged = dict(base)
+    for key, value in override.items():
+        if key == "motion_loras" and isinstance(value, dict):
+            merged[key] = {**base.get(key, {}), **value}
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_checkpoints(weights: str, *, tiny_root: Path, cache_dir: Path | None = None) -> Checkpoints:
+    """The checkpoint map for a `Settings.weights` value ("real", "tiny" or a JSON path)."""
+    if weights == "real":
+        return Checkpoints.from_map(DEFAULT_MAP, cache_dir=cache_dir)
+    if weights == "tiny":
+        from motionserve.inference.tiny import ensure_tiny_weights
+
+        map_path = ensure_tiny_weights(tiny_root) / "weights.json"
+        return Checkpoints.from_map(_read_map(map_path), base_dir=map_path.parent, cache_dir=cache_dir)
+    map_path = Path(weights).expanduser()
+    override = _read_map(map_path)
+    return Checkpoints.from_map(merge_maps(DEFAULT_MAP, override), base_dir=map_path.parent.resolve(), cache_dir=cache_dir)
+
+
+def checkpoints_for(settings: Settings) -> Checkpoints:
+    return load_checkpoints(settings.weights, tiny_root=settings.models_dir / "tiny")
+
+
+def _read_map(path: Path) -> dict[str, Any]:
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise ModelUnavailableError(f"weights map {path} does not exist (weights must be 'real', 'tiny' or a JSON file)") from exc
+    except (OSError, ValueError) as exc:
+        raise ModelUnavailableError(f"weights map {path} is not readable JSON: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ModelUnavailableError(f"weights map {path} must be a JSON object")
+    return raw
+
+
+def _how_to_get(ckpt: Checkpoint) -> str:
+    return (
+        f"checkpoint {ckpt.name!r} ({ckpt.describe()}) is not available locally. Run `motionserve models pull` "
+        f"with network access (unset HF_HUB_OFFLINE), or set a local folder for {ckpt.name!r} in a weights map "
+        f"JSON passed with --weights"
+    )
+
+
+def resolve(ckpt: Checkpoint, *, cache_dir: Path | None = None, download: bool | None = None) -> Path:
+    """A local path for the checkpoint: its folder, or its file when `file` is set."""
+    if ckpt.is_local:
+        path = Path(ckpt.source) / ckpt.file if ckpt.file else Path(ckpt.source)
+        if not path.exists():
+            raise ModelUnavailableError(f"checkpoint {ckpt.name!r}: local path {path} does not exist")
+        return path
+    return _from_hub(ckpt, cache_dir=cache_dir, download=download)
+
+
+def _from_hub(ckpt: Checkpoint, *, cache_dir: Path | None, download: bool | None) -> Path:
+    from huggingface_hub import constants, hf_hub_download, snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, HFValidationError, LocalEntryNotFoundError
+
+    if download is None:
+        download = not (constants.is_offline_mode() or os.environ.get("HF_HUB_OFFLINE", "") in ("1", "true", "True"))
+
+    def fetch(local_only: bool) -> Path:
+        if ckpt.file:
+            return Path(hf_hub_download(ckpt.source, ckpt.file, cache_dir=cache_dir, local_files_only=local_only))
+        patterns = _PIPELINE_PATTERNS if ckpt.kind == "pipeline" else _MODEL_PATTERNS
+        if ckpt.name.startswith("motion_lora:"):
+            patterns = _LORA_PATTERNS
+        folder = snapshot_download(
+            ckpt.source, cache_dir=cache_dir, allow_patterns=patterns, local_files_only=local_only,
+            ignore_patterns=["safety_checker/*"],  # SD repos ship one; AnimateDiff does not use it (1.2 GB)
+        )
+        return Path(folder)
+
+    # The cache first: no network round trip for checkpoints that are already here.
+    try:
+        return fetch(local_only=True)
+    except (LocalEntryNotFoundError, FileNotFoundError, HfHubHTTPError, OSError) as exc:
+        if not download:
+            raise ModelUnavailableError(_how_to_get(ckpt)) from exc
+    except HFValidationError as exc:
+        raise ModelUnavailableError(f"checkpoint {ckpt.name!r}: {ckpt.source!r} is neither a local path nor a repo id") from exc
+    try:
+        return fetch(local_only=False)
+    except (HfHubHTTPError, OSError, ValueError) as exc:
+        raise ModelUnavailableError(f"{_how_to_get(ckpt)} (download failed: {exc})") from exc
+
+
+def lora_weights_file(path: Path) -> Path:
+    """The weights file of a LoRA given as a file or a folder holding one `.safetensors` file."""
+    if path.is_file():
+        return path
+    candidates = sorted(path.glob("*.safetensors"))
+    for preferred in ("pytorch_lora_weights.safetensors", "diffusion_pytorch_model.safetensors"):
+        if (path / preferred).exists():
+            return path / preferred
+    if len(candidates) == 1:
+        return candidates[0]
+    raise ModelUnavailableError(f"expected one .safetensors LoRA file in {path}, found {[c.name for c in candidates]}")
+
+
+class LoraSourceError(ValueError):
+    """A user-supplied LoRA cannot be found or fetched; the message is meant for the caller."""
+
+
+def resolve_lora_source(source: str) -> Path:
+    """A LoRA weights file from a local file/folder or a hub repo id, optionally `owner/repo/file.safetensors`.
+
+    URLs are not handled here: handlers fetch them through the request context (size caps, address checks).
+    """
+    from huggingface_hub import constants, hf_hub_download, snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, HFValidationError
+
+    local = Path(source).expanduser()
+    if local.exists():
+        try:
+            return lora_weights_file(local)
+        except ModelUnavailableError as exc:
+            raise LoraSourceError(str(exc)) from exc
+    parts = source.strip("/").split("/")
+    if len(parts) < 2 or source.startswith(("/", ".", "~")):
+        raise LoraSourceError(f"LoRA {source!r} is neither an existing local path nor a hub repo id (owner/name)")
+    repo, file = "/".join(parts[:2]), "/".join(parts[2:]) or None
+    offline = constants.is_offline_mode()
+    try:
+        if file:
+            return Path(hf_hub_download(repo, file, local_files_only=offline))
+        folder = snapshot_download(repo, allow_patterns=_LORA_PATTERNS, local_files_only=offline)
+        return lora_weights_file(Path(folder))
+    except (HfHubHTTPError, HFValidationError, OSError, ModelUnavailableError) as exc:
+        raise LoraSourceError(f"LoRA {source!r} could not be fetched from the hub: {exc}") from exc
+
+
+def pull(settings: Settings, log: Callable[[str], None] = print) -> dict[str, Path]:
+    """Fetch every checkpoint of the configured map into the local cache (``motionserve models pull``)."""
+    checkpoints = checkpoints_for(settings)
+    paths: dict[str, Path] = {}
+    for ckpt in checkpoints:
+        log(f"{ckpt.name}: {ckpt.describe()} ...")
+        paths[ckpt.name] = resolve(ckpt, cache_dir=checkpoints.cache_dir, download=True)
+        log(f"{ckpt.name}: {paths[ckpt.name]}")
+    return paths
