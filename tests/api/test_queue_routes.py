@@ -198,3 +198,34 @@ def test_run_times_out_and_cancels(tmp_path: Any) -> None:
         r = api.client.post("/run/test-owner/echo", json={"prompt": "x"}, headers=api.auth)
         assert r.status_code == 504
         assert api.store.get(r.headers["x-fal-request-id"]).state is JobState.CANCELLED  # type: ignore[union-attr]
+
+
+def test_run_cancels_the_job_when_the_client_disconnects(api: Api) -> None:
+    """Driven at the ASGI level: the client sends its body, then hangs up while the job is queued."""
+    import anyio
+
+    body = json.dumps({"prompt": "x"}).encode()
+    sent: list[dict[str, Any]] = []
+    body_sent = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal body_sent
+        if not body_sent:
+            body_sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+        "path": "/run/test-owner/echo", "raw_path": b"/run/test-owner/echo", "query_string": b"", "root_path": "",
+        "headers": [(b"authorization", f"Key {api.key}".encode()), (b"content-type", b"application/json"), (b"host", b"testserver")],
+        "client": ("127.0.0.1", 50000), "server": ("testserver", 80),
+    }
+    anyio.run(api.client.app, scope, receive, send)  # type: ignore[arg-type]
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    assert start["status"] == 499
+    request_id = dict(start["headers"])[b"x-fal-request-id"].decode()
+    assert api.store.get(request_id).state is JobState.CANCELLED  # type: ignore[union-attr]
