@@ -163,3 +163,22 @@ def test_status_stream_of_finished_request_is_one_event(api: Api) -> None:
     r = api.client.get(f"{APP}/requests/{rid}/status/stream", headers=api.auth)
     (event,) = _events(r.text)
     assert event["status"] == "COMPLETED" and event["logs"] is None
+
+
+def test_status_stream_sends_keepalive_comments_while_nothing_changes(api: Api) -> None:
+    import anyio
+
+    from motionserve.api.status import RequestUrls, status_events
+
+    rid = api.submit()["request_id"]
+    urls = RequestUrls.build("http://testserver", "test-owner/echo", rid)
+
+    async def first_three() -> list[str]:
+        events = status_events(api.store, rid, urls, with_logs=False, poll_interval_s=0.01, keepalive_s=0.0)
+        out = [await events.__anext__() for _ in range(3)]
+        await events.aclose()
+        return out
+
+    first, *rest = anyio.run(first_three)
+    assert first.startswith("data: ") and json.loads(first[6:])["status"] == "IN_QUEUE"
+    assert rest == [": keepalive\n\n", ": keepalive\n\n"]

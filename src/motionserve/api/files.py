@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import mimetypes
 import time
+from pathlib import Path
 from datetime import datetime, timezone
 from typing import Annotated, Any
 
@@ -90,7 +91,7 @@ def _translate(exc: FileStoreError) -> ApiError:
     return ApiError(404 if "Unknown upload" in str(exc) else 400, str(exc))
 
 
-async def _receive(request: Request, file_store: LocalFileStore, limit: int) -> Any:
+async def _receive(request: Request, file_store: LocalFileStore, limit: int) -> Path:
     path = file_store.temp_path()
     await stream_to_file(request, path, limit)
     return path

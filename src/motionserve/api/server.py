@@ -121,7 +121,7 @@ def add_workers(services: BackgroundServices, settings: Settings, store: Any, fi
     from motionserve.jobs.worker import WorkerSupervisor
 
     for device in settings.devices or detect_devices():
-        supervisor = WorkerSupervisor(settings, store, file_store, device)
+        supervisor = WorkerSupervisor(settings, store, device=device, file_store=file_store)
         services.add(f"worker-{device}", supervisor.run_forever, kind="worker", device=device)
 
 

@@ -8,6 +8,7 @@ its real status code shows up when the result is fetched.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, AsyncIterator
@@ -20,6 +21,9 @@ from motionserve.jobs.models import Job, JobState, LogLine
 
 # How often the SSE stream and the sync run look at the store for news.
 POLL_INTERVAL_S = 0.2
+# An SSE comment this often while nothing changes, so idle-connection timeouts (proxies, load
+# balancers) do not cut a stream that waits for a long queue; clients ignore comments.
+KEEPALIVE_S = 15.0
 CANCELLED_DETAIL = "Request was cancelled"
 
 
@@ -131,12 +135,14 @@ async def status_events(
     *,
     with_logs: bool,
     poll_interval_s: float = POLL_INTERVAL_S,
+    keepalive_s: float = KEEPALIVE_S,
 ) -> AsyncIterator[str]:
     """SSE `data:` events: one per change (state, queue position, or new log lines), each carrying
     only the log lines not sent before (the JS client appends them); ends after COMPLETED.
     Starlette cancels this generator when the client disconnects."""
     last_key: tuple[Any, ...] | None = None
     last_seq = 0
+    last_sent = time.monotonic()
     while True:
         job = await anyio.to_thread.run_sync(store.get, job_id)
         if job is None:
@@ -152,6 +158,10 @@ async def status_events(
             last_key = key
             body = render_status(job, urls, queue_position=position, logs=new_logs)
             yield f"data: {json.dumps(body, separators=(',', ':'))}\n\n"
+            last_sent = time.monotonic()
+        elif time.monotonic() - last_sent >= keepalive_s:
+            yield ": keepalive\n\n"
+            last_sent = time.monotonic()
         if job.is_terminal:
             return
         await anyio.sleep(poll_interval_s)
