@@ -128,3 +128,15 @@ def test_health_is_503_when_the_store_is_unreachable(api: Api) -> None:
     api.store.has_keys = unreachable  # type: ignore[method-assign]
     r = api.client.get("/health")
     assert r.status_code == 503 and "database is gone" in r.json()["detail"]
+
+
+@pytest.mark.parametrize("path", ["/.well-known/jwks.json", "/rest/.well-known/jwks.json"])
+def test_jwks_publishes_the_webhook_signing_key_without_auth(api: Api, path: str) -> None:
+    import base64
+
+    r = api.client.get(path)
+    assert r.status_code == 200
+    (key,) = r.json()["keys"]
+    assert (key["kty"], key["crv"]) == ("OKP", "Ed25519")
+    raw = base64.urlsafe_b64decode(key["x"] + "=" * (-len(key["x"]) % 4))
+    assert raw == api.store.signing_key().public_key().public_bytes_raw()
