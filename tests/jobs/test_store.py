@@ -231,3 +231,27 @@ def test_signing_key_is_shared_by_every_store_instance(store: Store, db_url: str
         assert other.signing_key().public_key().public_bytes_raw() == key.public_key().public_bytes_raw()
     finally:
         other.close()
+
+
+def test_concurrent_claimers_never_share_a_job(store: Store, db_url: str) -> None:
+    import threading
+
+    ids = {submit(store).id for _ in range(30)}
+    claimed: list[str] = []
+    lock = threading.Lock()
+
+    def claimer(worker: str) -> None:
+        own = Store(db_url)  # its own engine and connections, as a separate worker process has
+        try:
+            while (job := own.claim(worker, 30)) is not None:
+                with lock:
+                    claimed.append(job.id)
+        finally:
+            own.close()
+
+    threads = [threading.Thread(target=claimer, args=(f"w{i}",)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert sorted(claimed) == sorted(ids)  # every job exactly once

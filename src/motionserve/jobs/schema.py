@@ -131,8 +131,10 @@ def make_engine(url: str) -> Engine:
     if parsed.get_backend_name() != "sqlite":
         return create_engine(url, pool_pre_ping=True, future=True)
 
-    if parsed.database and parsed.database != ":memory:":
-        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    if not parsed.database or parsed.database == ":memory:":
+        # Each pooled connection would get its own empty database, and worker processes none.
+        raise ValueError("the SQLite store needs a database file (sqlite:///path/to/motionserve.db)")
+    Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S}, future=True)
 
     @event.listens_for(engine, "connect")

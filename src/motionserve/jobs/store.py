@@ -147,6 +147,11 @@ class Store(KeysMixin, WebhookQueueMixin):
         with self._read() as conn:
             return self._get(conn, job_id)
 
+    def _exists(self, *conditions: ColumnElement[bool]) -> bool:
+        """A lock-free read (WAL readers never wait for writers) to skip pointless write transactions."""
+        with self._read() as conn:
+            return conn.execute(select(jobs.c.seq).where(*conditions).limit(1)).first() is not None
+
     def _get(self, conn: Connection, job_id: str) -> Job | None:
         row = conn.execute(select(jobs).where(jobs.c.id == job_id)).first()
         return row_to_job(row) if row is not None else None
@@ -196,6 +201,8 @@ class Store(KeysMixin, WebhookQueueMixin):
 
     def claim(self, worker_id: str, lease_s: float, endpoint_ids: Iterable[str] | None = None) -> Job | None:
         """Expire queued jobs past their start deadline, then take the next queued job, if any."""
+        if not self._exists(jobs.c.state == JobState.QUEUED.value):
+            return None  # idle workers poll often: do not take the write lock for nothing
         with self._write() as conn:
             now = self._clock()
             self._expire_start_deadlines(conn, now)
@@ -269,6 +276,8 @@ class Store(KeysMixin, WebhookQueueMixin):
         inference_time: float | None = None,
     ) -> bool:
         """Record the outcome of a running job this worker holds; False if its lease was lost."""
+        new: JobState
+        values: dict[str, Any]
         if cancelled:
             new, values = JobState.CANCELLED, {"error": error or CANCELLED_ERROR}
         elif error is not None:
@@ -304,6 +313,8 @@ class Store(KeysMixin, WebhookQueueMixin):
     def reclaim_expired(self, max_attempts: int) -> int:
         """Running jobs whose lease ran out: requeue, or fail after `max_attempts`; cancel if asked."""
         now = self._clock()
+        if not self._exists(jobs.c.state == JobState.RUNNING.value, jobs.c.lease_expires_at < now):
+            return 0
         changed = 0
         with self._write() as conn:
             query = select(jobs.c.id, jobs.c.attempts, jobs.c.cancel_requested).where(

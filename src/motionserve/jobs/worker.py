@@ -171,6 +171,13 @@ class WorkerSupervisor:
 
         try:
             child.run(job)
+        except ChildGone as exc:
+            # It died before the job reached it: not the request's fault, so it goes back to the queue.
+            log.error("request %s: %s before the job started; requeueing it", job.id, exc)
+            self._discard_child()
+            self._store_call("release", lambda: self.store.release(job.id, self.worker_id))
+            return
+        try:
             while True:
                 event = child.receive(0.1)
                 if isinstance(event, Log) and event.job_id == job.id:
