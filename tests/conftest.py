@@ -1,0 +1,30 @@
+"""Fixtures shared by every test layer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A models folder (Settings.models_dir) for the session; tiny weights are built under `tiny/`."""
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(models_dir: Path) -> Path:
+    """The tiny AnimateDiff-family (and SVD) checkpoints, built once per session; holds weights.json."""
+    from motionserve.inference.tiny import ensure_tiny_weights
+
+    return ensure_tiny_weights(models_dir / "tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_models(models_dir: Path, tiny_weights: Path) -> Any:
+    """A CPU ModelManager on the tiny weights; pipelines stay warm for the whole session."""
+    from motionserve.inference.models import ModelManager
+
+    return ModelManager("tiny", models_dir, "cpu")
