@@ -173,12 +173,27 @@ def serve(settings: Settings) -> None:
     )
     scheme = "https" if settings.tls_cert else "http"
     log.info("motionserve on %s://%s:%d (data in %s)", scheme, settings.host, settings.port, Path(settings.data_dir).resolve())
+    _absorb_reraised_signals()
     services.start()
     try:
         uvicorn.Server(config).run()
     finally:
-        services.stop()
+        services.stop()  # workers hand their running jobs back before the process ends
         store.close()
+
+
+def _absorb_reraised_signals() -> None:
+    """uvicorn handles SIGINT/SIGTERM itself, then re-raises the signal to the handler that was
+    installed before it. With the default handlers that kills the process right there, before our
+    background threads are stopped; a handler that only logs lets `serve` finish its clean-up."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def absorb(signum: int, _: Any) -> None:
+        log.info("stopped by signal %d", signum)
+
+    signal.signal(signal.SIGTERM, absorb)
+    signal.signal(signal.SIGINT, absorb)
 
 
 def work(settings: Settings) -> None:
