@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from motionserve.api.deps import parse_key_header
@@ -140,3 +142,28 @@ def test_jwks_publishes_the_webhook_signing_key_without_auth(api: Api, path: str
     assert (key["kty"], key["crv"]) == ("OKP", "Ed25519")
     raw = base64.urlsafe_b64decode(key["x"] + "=" * (-len(key["x"]) % 4))
     assert raw == api.store.signing_key().public_key().public_bytes_raw()
+
+
+def test_real_endpoints_documents(tmp_path: Path) -> None:
+    """The registry's four endpoints: every document builds, with fal's component names."""
+    from fastapi.testclient import TestClient
+
+    from motionserve.api.app import create_app
+    from motionserve.config import Settings
+    from motionserve.jobs.store import Store
+    from motionserve.storage.local import LocalFileStore
+
+    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    app = create_app(Settings(data_dir=tmp_path), store, LocalFileStore(tmp_path / "files"))
+    client = TestClient(app)
+    expected = {
+        "fal-ai/fast-animatediff/text-to-video": "FastAnimatediffTextToVideoInput",
+        "fal-ai/fast-animatediff/video-to-video": "FastAnimatediffVideoToVideoInput",
+        "fal-ai/animatediff-v2v/turbo": "AnimatediffV2vTurboInput",
+        "fal-ai/fast-svd-lcm": "FastSvdLcmInput",
+    }
+    for endpoint_id, input_name in expected.items():
+        doc = client.get(f"/openapi/{endpoint_id}.json").json()
+        assert input_name in doc["components"]["schemas"], endpoint_id
+        assert f"/queue/{endpoint_id}" in client.get("/openapi.json").json()["paths"]
+    store.close()
