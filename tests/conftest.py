@@ -9,9 +9,15 @@ import pytest
 
 
 @pytest.fixture(scope="session")
-def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A models folder (Settings.models_dir) for the session; tiny weights are built under `tiny/`."""
-    return tmp_path_factory.mktemp("models")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data folder (Settings.data_dir) for the session."""
+    return tmp_path_factory.mktemp("data")
+
+
+@pytest.fixture(scope="session")
+def models_dir(data_dir: Path) -> Path:
+    """`Settings(data_dir=data_dir).models_dir`; tiny weights are built under `tiny/`."""
+    return data_dir / "models"
 
 
 @pytest.fixture(scope="session")

@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +37,9 @@ MOTION_LORA_TARGETS = r".*motion_modules.*\.(to_q|to_k|to_v|to_out\.0)"
 SPATIAL_LORA_TARGETS = r"^(?!.*motion_modules).*attentions.*\.(to_q|to_k|to_v|to_out\.0)"
 LCM_LORA_FILE = "AnimateLCM_sd15_t2v_lora.safetensors"
 USER_LORA_FILE = "user-lora.safetensors"
+# diffusers' loaders swap module construction to the meta device process-wide while loading, so two
+# builds in one process must not overlap; across processes the rename below settles races.
+_BUILD_LOCK = threading.Lock()
 
 
 def ensure_tiny_weights(root: Path) -> Path:
@@ -48,6 +52,13 @@ def ensure_tiny_weights(root: Path) -> Path:
     final = root / f"animatediff-v{TINY_VERSION}"
     if (final / "weights.json").exists():
         return final
+    with _BUILD_LOCK:
+        if not (final / "weights.json").exists():
+            _build_into(root, final)
+    return final
+
+
+def _build_into(root: Path, final: Path) -> None:
     root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".building-", dir=root))
     os.chmod(staging, 0o755)  # mkdtemp makes it private; the built weights are for every local user
@@ -61,7 +72,6 @@ def ensure_tiny_weights(root: Path) -> Path:
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return final
 
 
 def build_tiny_weights(out: Path) -> None:

@@ -186,6 +186,13 @@ def _read_map(path: Path) -> dict[str, Any]:
     return raw
 
 
+def hub_offline() -> bool:
+    """HF_HUB_OFFLINE as set now (huggingface_hub reads it once, at import)."""
+    from huggingface_hub import constants
+
+    return constants.is_offline_mode() or os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
 def _how_to_get(ckpt: Checkpoint) -> str:
     return (
         f"checkpoint {ckpt.name!r} ({ckpt.describe()}) is not available locally. Run `motionserve models pull` "
@@ -205,11 +212,11 @@ def resolve(ckpt: Checkpoint, *, cache_dir: Path | None = None, download: bool |
 
 
 def _from_hub(ckpt: Checkpoint, *, cache_dir: Path | None, download: bool | None) -> Path:
-    from huggingface_hub import constants, hf_hub_download, snapshot_download
+    from huggingface_hub import hf_hub_download, snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, HFValidationError, LocalEntryNotFoundError
 
     if download is None:
-        download = not (constants.is_offline_mode() or os.environ.get("HF_HUB_OFFLINE", "") in ("1", "true", "True"))
+        download = not hub_offline()
 
     def fetch(local_only: bool) -> Path:
         if ckpt.file:
@@ -259,7 +266,7 @@ def resolve_lora_source(source: str) -> Path:
 
     URLs are not handled here: handlers fetch them through the request context (size caps, address checks).
     """
-    from huggingface_hub import constants, hf_hub_download, snapshot_download
+    from huggingface_hub import hf_hub_download, snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, HFValidationError
 
     local = Path(source).expanduser()
@@ -272,7 +279,7 @@ def resolve_lora_source(source: str) -> Path:
     if len(parts) < 2 or source.startswith(("/", ".", "~")):
         raise LoraSourceError(f"LoRA {source!r} is neither an existing local path nor a hub repo id (owner/name)")
     repo, file = "/".join(parts[:2]), "/".join(parts[2:]) or None
-    offline = constants.is_offline_mode()
+    offline = hub_offline()
     try:
         if file:
             return Path(hf_hub_download(repo, file, local_files_only=offline))
