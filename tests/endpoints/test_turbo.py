@@ -218,6 +218,18 @@ def test_lora_from_url_equals_lora_from_path_and_scale_matters(models: Any, base
     assert ctx_zero.output_bytes(zero.video) != ctx_path.output_bytes(by_path.video)
 
 
+def test_lora_on_the_motion_modules_does_not_break_later_long_clips(models: Any, baseline: bytes) -> None:
+    """A user LoRA may target the temporal layers (a motion LoRA); FreeNoise must still toggle afterwards."""
+    motion_lora = tiny_root() / "motion-loras" / "zoom-in" / "pytorch_lora_weights.safetensors"
+    run(models, **QUICK, loras=[{"path": str(motion_lora)}])
+    long_clip, ctx = run(models, video=source_video(70), **QUICK, loras=[{"path": str(motion_lora)}])
+    assert len(probe(ctx.output_bytes(long_clip.video))["frames"]) == 35
+    run(models, video=source_video(70), **QUICK)
+    again, ctx_again = run(models, **QUICK)
+    assert ctx_again.output_bytes(again.video) == baseline
+    assert user_adapters(models) == []
+
+
 def _bad_loras(tmp: Path, user_lora: Path) -> dict[str, tuple[str, bytes | None]]:
     """name -> (path, bytes served at that URL or None)."""
     good = load_file(str(user_lora))

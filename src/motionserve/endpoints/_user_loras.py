@@ -102,8 +102,30 @@ def user_loras(
     finally:
         if names:
             pipe.delete_adapters(names)
+            for component in (pipe.unet, pipe.text_encoder):
+                _unwrap_emptied_layers(component)
             pipe.set_adapters([base_adapter], adapter_weights=[base_scale])
 
 
 def _adapters(pipe: "DiffusionPipeline") -> list[str]:
     return [name for names in pipe.get_list_adapters().values() for name in names]
+
+
+def _unwrap_emptied_layers(model: "torch.nn.Module") -> None:
+    """Put back the plain layer wherever deleting adapters left a peft wrapper holding none.
+
+    `delete_adapters` keeps the wrapper around the original layer. Harmless for inference, but a user
+    LoRA on the motion modules would leave wrappers there, and FreeNoise (toggled per request for long
+    clips) rebuilds those blocks from a state dict that must have plain layer names.
+    """
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    emptied = [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, BaseTunerLayer) and all(len(getattr(module, attr)) == 0 for attr in module.adapter_layer_names)
+    ]
+    for name in emptied:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, model.get_submodule(name).get_base_layer())
