@@ -147,7 +147,6 @@ def python_client_env(srv: Server, key: str) -> dict[str, str]:
         FAL_RUN_HOST=f"127.0.0.1:{srv.port}/run",
         FAL_QUEUE_RUN_HOST=f"127.0.0.1:{srv.port}/queue",
         SSL_CERT_FILE=str(srv.tls.ca_cert),
-        FAL_FORCE_AUTH_BY_USER="1",  # never fall back to a developer's ~/.fal token
         MOTIONSERVE_E2E_BASE=srv.base_url,
         NO_PROXY="127.0.0.1,localhost",
     )

@@ -9,14 +9,15 @@ from typing import Any
 import pytest
 
 from . import webhook_check
-from .common import SMALL_T2V, SVD, T2V, V2V, PyClient, download
-from tests.media import make_png, make_video
+from .common import SMALL_T2V, T2V, V2V, PyClient, download
+from tests.media import make_video
 
 from .media import probe_mp4
 from .server import Server
 
 pytestmark = pytest.mark.e2e
 
+V2V_ARGS: dict[str, Any] = {"prompt": "a painting", "first_n_seconds": 2, "fps": 4, "num_inference_steps": 4, "strength": 0.5, "seed": 3}
 LONG_T2V: dict[str, Any] = {**SMALL_T2V, "num_frames": 16, "num_inference_steps": 50, "video_size": {"width": 128, "height": 128}}
 
 
@@ -103,22 +104,20 @@ def test_storage_upload(js_client: PyClient, server: Server, size: int) -> None:
 
 
 def test_blob_input_is_auto_uploaded(js_client: PyClient, server: Server, tmp_path: Path) -> None:
-    image = tmp_path / "start.png"
-    image.write_bytes(make_png(64, 64, pattern="gradient"))
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes(make_video(width=64, height=64, fps=8, frames=16))
 
-    out = js_client("run_with_blob", endpoint=SVD, input={"steps": 2, "fps": 6, "seed": 2}, field="image_url",
-                    file_path=str(image), content_type="image/png")
+    out = js_client("run_with_blob", endpoint=V2V, input=V2V_ARGS, field="video_url", file_path=str(clip), content_type="video/mp4")
 
     assert "result" in out, out
-    assert probe_mp4(download(server, out["result"]["video"]["url"])).fps == 6
+    assert probe_mp4(download(server, out["result"]["video"]["url"])).frames == 8
 
 
 def test_data_uri_video_input(js_client: PyClient, server: Server, tmp_path: Path) -> None:
     clip = tmp_path / "clip.mp4"
     clip.write_bytes(make_video(width=64, height=64, fps=8, frames=16))
-    args = {"prompt": "a painting", "first_n_seconds": 2, "fps": 4, "num_inference_steps": 4, "strength": 0.5, "seed": 3}
 
-    out = js_client("run_with_data_uri", endpoint=V2V, input=args, field="video_url", file_path=str(clip), content_type="video/mp4")
+    out = js_client("run_with_data_uri", endpoint=V2V, input=V2V_ARGS, field="video_url", file_path=str(clip), content_type="video/mp4")
 
     assert "result" in out, out
     assert probe_mp4(download(server, out["result"]["video"]["url"])).frames == 8
