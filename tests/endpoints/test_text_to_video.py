@@ -235,7 +235,19 @@ def test_cancellation_stops_at_the_next_step(ctx: Any) -> None:
     assert ctx.outputs == {}
 
 
-def test_a_request_at_the_defaults_runs(ctx: Any, probe_mp4: Any) -> None:
+@pytest.fixture
+def one_thread() -> Any:
+    """One torch thread: on a small shared CPU, OpenMP threads waiting for a busy core cost far more
+    than they gain (the default request takes ~11 s on one core, minutes when oversubscribed)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_a_request_at_the_defaults_runs(ctx: Any, probe_mp4: Any, one_thread: None) -> None:
     out = t2v.run(t2v.Input(prompt="masterpiece, best quality, cherry blossoms", seed=1), ctx)
     facts = probe_mp4(ctx.output_bytes(out.video))
     assert (facts["width"], facts["height"], facts["frames"], facts["fps"]) == (512, 512, 16, 8.0)

@@ -121,6 +121,14 @@ def test_a_missing_checkpoint_fails_the_getter_with_model_unavailable(tmp_path: 
     assert manager.loaded() == []
 
 
+def test_an_incomplete_checkpoint_folder_is_model_unavailable(tmp_path: Path, tiny_weights: Path) -> None:
+    (tmp_path / "empty-adapter").mkdir()
+    map_path = tmp_path / "weights.json"
+    map_path.write_text(f'{{"sd15_base": "{tiny_weights / "sd15"}", "motion_adapter": "{tmp_path / "empty-adapter"}"}}')
+    with pytest.raises(ModelUnavailableError, match="animatediff pipeline could not be loaded"):
+        ModelManager(str(map_path), tmp_path, "cpu").text_to_video()
+
+
 def test_fp16_on_cuda_when_available(models_dir: Path, tiny_weights: Path) -> None:
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device")

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 import torch
 
 from motionserve.config import Settings
+from motionserve.errors import ModelUnavailableError
 from motionserve.inference.weights import Checkpoints, LoraSourceError, load_checkpoints, lora_weights_file, resolve_lora_source
 
 if TYPE_CHECKING:
@@ -84,7 +85,16 @@ class ModelManager:
     def _get(self, group: str, name: str, loader: Callable[[], dict[str, Any]]) -> Any:
         with self._lock:
             if group not in self._groups:
-                pipes = loader()  # on the CPU, so it can be measured before it takes device memory
+                try:
+                    pipes = loader()  # on the CPU, so it can be measured before it takes device memory
+                except ModelUnavailableError:
+                    raise
+                except (OSError, ValueError) as exc:
+                    # A checkpoint folder that exists but is incomplete or of the wrong kind.
+                    raise ModelUnavailableError(
+                        f"the {group} pipeline could not be loaded from its checkpoints ({exc}); re-run "
+                        f"`motionserve models pull` or fix the paths in the weights map"
+                    ) from exc
                 size = _module_bytes(pipes.values())
                 self._make_room(size)
                 for pipe in pipes.values():
