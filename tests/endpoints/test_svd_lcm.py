@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import io
 import os
-from typing import Any
+from typing import Any, Callable
 
 import av
 import numpy as np
@@ -19,7 +19,7 @@ from PIL import Image
 from motionserve.endpoints import svd_lcm
 from motionserve.endpoints.base import Limits
 from motionserve.errors import InputValidationError, JobCancelledError
-from tests.endpoints._fake_ctx import FakeContext, tiny_models
+from tests.endpoints.conftest import RecordingContext
 from tests.media import make_png
 
 IMAGE_URL = "https://images.test/input.png"
@@ -34,18 +34,27 @@ def small_working_size() -> Any:
 
 
 @pytest.fixture(scope="module")
-def models() -> Any:
-    return tiny_models()
+def models(tiny_models: Any) -> Any:
+    return tiny_models
 
 
-def make_ctx(models: Any, image: bytes | None = None) -> FakeContext:
-    ctx = FakeContext(models)
+@pytest.fixture(scope="module")
+def new_ctx(tiny_models: Any, tmp_path_factory: pytest.TempPathFactory) -> Callable[..., RecordingContext]:
+    def make(max_frames: int = 128) -> RecordingContext:
+        # A folder per context: a context names its outputs by their index within it.
+        return RecordingContext(tiny_models, tmp_path_factory.mktemp("out"), max_frames=max_frames)
+
+    return make
+
+
+def make_ctx(new_ctx: Any, image: bytes | None = None) -> RecordingContext:
+    ctx = new_ctx()
     ctx.add_input(IMAGE_URL, image if image is not None else make_png(96, 48, pattern="gradient"))
     return ctx
 
 
-def run(models: Any, image: bytes | None = None, **fields: Any) -> tuple[svd_lcm.Output, FakeContext]:
-    ctx = make_ctx(models, image)
+def run(new_ctx: Any, image: bytes | None = None, **fields: Any) -> tuple[svd_lcm.Output, RecordingContext]:
+    ctx = make_ctx(new_ctx, image)
     inputs = svd_lcm.ENDPOINT.validate({"image_url": IMAGE_URL, **fields}, Limits())
     return svd_lcm.run(inputs, ctx), ctx
 
@@ -64,16 +73,16 @@ def probe(data: bytes) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def baseline(models: Any) -> tuple[svd_lcm.Output, bytes]:
-    output, ctx = run(models, seed=42)
+def baseline(new_ctx: Any) -> tuple[svd_lcm.Output, bytes]:
+    output, ctx = run(new_ctx, seed=42)
     return output, ctx.output_bytes(output.video)
 
 
 # ------------------------------------------------------------------------------------------ output
 
 
-def test_default_request_is_a_25_frame_h264_mp4(models: Any) -> None:
-    output, ctx = run(models, seed=42)
+def test_default_request_is_a_25_frame_h264_mp4(new_ctx: Any) -> None:
+    output, ctx = run(new_ctx, seed=42)
     info = probe(ctx.output_bytes(output.video))
     assert len(info["frames"]) == 25
     assert info["size"] == SMALL
@@ -84,25 +93,24 @@ def test_default_request_is_a_25_frame_h264_mp4(models: Any) -> None:
     assert output.seed == 42
     # One log line per denoising step, as fal's logs stream shows progress.
     assert ctx.step_logs() == ["step 1/4", "step 2/4", "step 3/4", "step 4/4"]
-    assert ctx.fetched == [(IMAGE_URL, "image_url")]
     # Not a blank video: the frames carry signal.
     assert np.std(np.stack(info["frames"])) > 1
 
 
-def test_seed_is_reproducible_and_reported(models: Any, baseline: tuple[svd_lcm.Output, bytes]) -> None:
+def test_seed_is_reproducible_and_reported(new_ctx: Any, baseline: tuple[svd_lcm.Output, bytes]) -> None:
     _, video = baseline
-    again, ctx = run(models, seed=42)
+    again, ctx = run(new_ctx, seed=42)
     assert ctx.output_bytes(again.video) == video
-    other, ctx_other = run(models, seed=43)
+    other, ctx_other = run(new_ctx, seed=43)
     assert ctx_other.output_bytes(other.video) != video
-    unseeded, _ = run(models)
+    unseeded, _ = run(new_ctx)
     assert isinstance(unseeded.seed, int) and 0 <= unseeded.seed < 2**32
 
 
 @pytest.mark.parametrize("field, value", [("motion_bucket_id", 255), ("cond_aug", 0.5), ("steps", 2), ("fps", 5)])
-def test_each_input_changes_the_video(models: Any, baseline: tuple[svd_lcm.Output, bytes], field: str, value: Any) -> None:
+def test_each_input_changes_the_video(new_ctx: Any, baseline: tuple[svd_lcm.Output, bytes], field: str, value: Any) -> None:
     _, video = baseline
-    output, ctx = run(models, seed=42, **{field: value})
+    output, ctx = run(new_ctx, seed=42, **{field: value})
     data = ctx.output_bytes(output.video)
     info = probe(data)
     assert len(info["frames"]) == 25
@@ -186,8 +194,8 @@ def test_fit_image_centre_crops_without_squashing() -> None:
 
 
 @pytest.mark.parametrize("image_size, video_size", [((48, 96), (32, 64)), ((80, 80), (48, 48))])
-def test_portrait_and_square_inputs(models: Any, image_size: tuple[int, int], video_size: tuple[int, int]) -> None:
-    output, ctx = run(models, make_png(*image_size, pattern="quadrants"), seed=1, steps=1)
+def test_portrait_and_square_inputs(new_ctx: Any, image_size: tuple[int, int], video_size: tuple[int, int]) -> None:
+    output, ctx = run(new_ctx, make_png(*image_size, pattern="quadrants"), seed=1, steps=1)
     info = probe(ctx.output_bytes(output.video))
     assert info["size"] == video_size
     assert len(info["frames"]) == 25
@@ -222,23 +230,23 @@ def test_defaults_match_fal() -> None:
     assert (inputs.motion_bucket_id, inputs.cond_aug, inputs.steps, inputs.fps, inputs.seed) == (127, 0.02, 4, 10, None)
 
 
-def test_unreadable_image_is_422_on_image_url(models: Any) -> None:
+def test_unreadable_image_is_422_on_image_url(new_ctx: Any) -> None:
     with pytest.raises(InputValidationError) as info:
-        run(models, b"this is not an image")
+        run(new_ctx, b"this is not an image")
     assert info.value.errors[0]["loc"] == ["body", "image_url"]
     assert "image" in info.value.errors[0]["msg"].lower()
 
 
-def test_unfetchable_image_is_422_on_image_url(models: Any) -> None:
-    ctx = FakeContext(models)
+def test_unfetchable_image_is_422_on_image_url(new_ctx: Any) -> None:
+    ctx = new_ctx()
     inputs = svd_lcm.ENDPOINT.validate({"image_url": "https://images.test/missing.png"}, Limits())
     with pytest.raises(InputValidationError) as info:
         svd_lcm.run(inputs, ctx)
     assert info.value.errors[0]["loc"] == ["body", "image_url"]
 
 
-def test_cancel_stops_at_the_next_step(models: Any) -> None:
-    ctx = make_ctx(models)
+def test_cancel_stops_at_the_next_step(new_ctx: Any, models: Any) -> None:
+    ctx = make_ctx(new_ctx)
     ctx.cancel_when = lambda c: len(c.step_logs()) >= 1
     inputs = svd_lcm.ENDPOINT.validate({"image_url": IMAGE_URL, "steps": 4}, Limits())
     with pytest.raises(JobCancelledError):
@@ -249,9 +257,9 @@ def test_cancel_stops_at_the_next_step(models: Any) -> None:
 
 
 @pytest.mark.skipif(os.environ.get("MOTIONSERVE_FULL_SIZE_TESTS") != "1", reason="minutes on a CPU; set MOTIONSERVE_FULL_SIZE_TESTS=1")
-def test_default_size_1024x576(models: Any) -> None:
+def test_default_size_1024x576(new_ctx: Any) -> None:
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(svd_lcm, "WORKING_SIZE", (1024, 576))
-        output, ctx = run(models, make_png(1280, 720, pattern="gradient"), seed=3)
+        output, ctx = run(new_ctx, make_png(1280, 720, pattern="gradient"), seed=3)
     info = probe(ctx.output_bytes(output.video))
     assert info["size"] == (1024, 576) and len(info["frames"]) == 25

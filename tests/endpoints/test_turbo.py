@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import av
 import numpy as np
@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save
 from motionserve.endpoints import turbo
 from motionserve.endpoints.base import Limits
 from motionserve.errors import InputValidationError, JobCancelledError
-from tests.endpoints._fake_ctx import FakeContext, tiny_models, tiny_root
+from tests.endpoints.conftest import RecordingContext
 from tests.media import make_png, make_video
 
 VIDEO_URL = "https://videos.test/input.mp4"
@@ -36,21 +36,30 @@ def small_working_area() -> Any:
 
 
 @pytest.fixture(scope="module")
-def models() -> Any:
-    return tiny_models()
+def models(tiny_models: Any) -> Any:
+    return tiny_models
 
 
 @pytest.fixture(scope="module")
-def user_lora() -> Path:
-    return tiny_root() / "user-lora.safetensors"
+def new_ctx(tiny_models: Any, tmp_path_factory: pytest.TempPathFactory) -> Callable[..., RecordingContext]:
+    def make(max_frames: int = 128) -> RecordingContext:
+        # A folder per context: a context names its outputs by their index within it.
+        return RecordingContext(tiny_models, tmp_path_factory.mktemp("out"), max_frames=max_frames)
+
+    return make
+
+
+@pytest.fixture(scope="module")
+def user_lora(tiny_weights: Path) -> Path:
+    return tiny_weights / "user-lora.safetensors"
 
 
 def source_video(frames: int = 12) -> bytes:
     return make_video(width=64, height=48, fps=8, frames=frames, pattern="gradient")
 
 
-def run(models: Any, *, video: bytes | None = None, max_frames: int = 128, ctx: FakeContext | None = None, **fields: Any) -> tuple[turbo.Output, FakeContext]:
-    ctx = ctx or FakeContext(models, max_frames=max_frames)
+def run(new_ctx: Any, *, video: bytes | None = None, max_frames: int = 128, ctx: RecordingContext | None = None, **fields: Any) -> tuple[turbo.Output, RecordingContext]:
+    ctx = ctx or new_ctx(max_frames)
     ctx.add_input(VIDEO_URL, video if video is not None else source_video())
     inputs = turbo.ENDPOINT.validate({"video_url": VIDEO_URL, "prompt": PROMPT, **fields}, Limits(max_frames=max_frames))
     return turbo.run(inputs, ctx), ctx
@@ -80,16 +89,16 @@ def user_adapters(models: Any) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def baseline(models: Any) -> bytes:
-    output, ctx = run(models, **QUICK)
+def baseline(new_ctx: Any) -> bytes:
+    output, ctx = run(new_ctx, **QUICK)
     return ctx.output_bytes(output.video)
 
 
 # ------------------------------------------------------------------------------------------ output
 
 
-def test_default_request_is_an_h264_mp4_of_every_second_frame(models: Any) -> None:
-    output, ctx = run(models, seed=7)
+def test_default_request_is_an_h264_mp4_of_every_second_frame(new_ctx: Any) -> None:
+    output, ctx = run(new_ctx, seed=7)
     data = ctx.output_bytes(output.video)
     info = probe(data)
     assert len(info["frames"]) == 6  # 12 source frames, every 2nd
@@ -104,16 +113,16 @@ def test_default_request_is_an_h264_mp4_of_every_second_frame(models: Any) -> No
     assert np.std(pixels(data)) > 1
 
 
-def test_seed_is_reproducible(models: Any, baseline: bytes) -> None:
-    again, ctx = run(models, **QUICK)
+def test_seed_is_reproducible(new_ctx: Any, baseline: bytes) -> None:
+    again, ctx = run(new_ctx, **QUICK)
     assert ctx.output_bytes(again.video) == baseline
-    other, ctx_other = run(models, **{**QUICK, "seed": 8})
+    other, ctx_other = run(new_ctx, **{**QUICK, "seed": 8})
     assert ctx_other.output_bytes(other.video) != baseline
 
 
 @pytest.mark.parametrize("n, frames, fps", [(1, 12, 8.0), (3, 4, 8 / 3)])
-def test_select_every_nth_frame_sets_frame_count_and_rate(models: Any, n: int, frames: int, fps: float) -> None:
-    output, ctx = run(models, **QUICK, select_every_nth_frame=n)
+def test_select_every_nth_frame_sets_frame_count_and_rate(new_ctx: Any, n: int, frames: int, fps: float) -> None:
+    output, ctx = run(new_ctx, **QUICK, select_every_nth_frame=n)
     info = probe(ctx.output_bytes(output.video))
     assert len(info["frames"]) == frames
     assert info["fps"] == pytest.approx(fps, rel=1e-3)
@@ -123,20 +132,20 @@ def test_select_every_nth_frame_sets_frame_count_and_rate(models: Any, n: int, f
     "field, value",
     [("prompt", "a (blue:1.4) boat at sea"), ("negative_prompt", "blurry"), ("num_inference_steps", 5), ("guidance_scale", 1.0)],
 )
-def test_each_input_changes_the_video(models: Any, baseline: bytes, field: str, value: Any) -> None:
-    output, ctx = run(models, **{**QUICK, field: value})
+def test_each_input_changes_the_video(new_ctx: Any, baseline: bytes, field: str, value: Any) -> None:
+    output, ctx = run(new_ctx, **{**QUICK, field: value})
     assert np.abs(pixels(ctx.output_bytes(output.video)) - pixels(baseline)).max() > 0
     if field == "num_inference_steps":
         assert len(ctx.step_logs()) == 5
 
 
-def test_equivalent_to_plain_diffusers_pipeline(models: Any) -> None:
+def test_equivalent_to_plain_diffusers_pipeline(new_ctx: Any, models: Any) -> None:
     """Same components and arguments, same seed: the endpoint's pixels are the pipeline's."""
     from diffusers import AnimateDiffVideoToVideoPipeline
 
     from motionserve.inference import video_io
 
-    output, ctx = run(models, seed=11, num_inference_steps=4, negative_prompt="blurry, low quality")
+    output, ctx = run(new_ctx, seed=11, num_inference_steps=4, negative_prompt="blurry, low quality")
     plain = AnimateDiffVideoToVideoPipeline(**models.turbo().components)
     clip = video_io.decode_video(source_video(), every_nth=2)
     frames = plain(
@@ -155,39 +164,39 @@ def test_equivalent_to_plain_diffusers_pipeline(models: Any) -> None:
     assert video_io.encode_mp4(list(frames), fps=clip.fps) == ctx.output_bytes(output.video)
 
 
-def test_long_clip_uses_context_windows_then_later_requests_do_not(models: Any, baseline: bytes) -> None:
-    output, ctx = run(models, video=source_video(70), **QUICK)
+def test_long_clip_uses_context_windows_then_later_requests_do_not(new_ctx: Any, baseline: bytes) -> None:
+    output, ctx = run(new_ctx, video=source_video(70), **QUICK)
     info = probe(ctx.output_bytes(output.video))
     assert len(info["frames"]) == 35  # beyond the motion modules' 32 frames
-    assert any("context windows" in m for _, m in ctx.logs)
+    assert any("context windows" in m for m in ctx.logs)
     # The shared pipeline is back to plain motion modules: a short clip gives the same video as before.
-    again, ctx_again = run(models, **QUICK)
+    again, ctx_again = run(new_ctx, **QUICK)
     assert ctx_again.output_bytes(again.video) == baseline
 
 
-def test_more_frames_than_the_cap_is_422_naming_it(models: Any) -> None:
+def test_more_frames_than_the_cap_is_422_naming_it(new_ctx: Any) -> None:
     with pytest.raises(InputValidationError) as info:
-        run(models, max_frames=10, select_every_nth_frame=1)  # 12 frames
+        run(new_ctx, max_frames=10, select_every_nth_frame=1)  # 12 frames
     error = info.value.errors[0]
     assert error["loc"] == ["body", "video_url"]
     assert "10" in error["msg"] and "max_frames" in error["msg"]
     # Sampling brings it under the cap: 12 frames, every 2nd = 6. Unseeded: a seed is drawn and reported.
-    output, ctx = run(models, max_frames=10, num_inference_steps=4)
+    output, ctx = run(new_ctx, max_frames=10, num_inference_steps=4)
     assert len(probe(ctx.output_bytes(output.video))["frames"]) == 6
     assert isinstance(output.seed, int) and 0 <= output.seed < 2**32
 
 
-def test_unreadable_video_is_422_on_video_url(models: Any) -> None:
+def test_unreadable_video_is_422_on_video_url(new_ctx: Any) -> None:
     with pytest.raises(InputValidationError) as info:
-        run(models, video=make_png())
+        run(new_ctx, video=make_png())
     assert info.value.errors[0]["loc"] == ["body", "video_url"]
 
 
-def test_cancel_stops_at_the_next_step_and_unloads_loras(models: Any, user_lora: Path) -> None:
-    ctx = FakeContext(models)
+def test_cancel_stops_at_the_next_step_and_unloads_loras(new_ctx: Any, models: Any, user_lora: Path) -> None:
+    ctx = new_ctx()
     ctx.cancel_when = lambda c: len(c.step_logs()) >= 2
     with pytest.raises(JobCancelledError):
-        run(models, ctx=ctx, **QUICK, loras=[{"path": str(user_lora)}])
+        run(new_ctx, ctx=ctx, **QUICK, loras=[{"path": str(user_lora)}])
     assert ctx.step_logs() == ["step 1/4", "step 2/4"]
     assert ctx.outputs == {}
     assert user_adapters(models) == []
@@ -196,36 +205,35 @@ def test_cancel_stops_at_the_next_step_and_unloads_loras(models: Any, user_lora:
 # ------------------------------------------------------------------------------------------ LoRAs
 
 
-def test_lora_changes_the_video_and_is_unloaded_afterwards(models: Any, baseline: bytes, user_lora: Path) -> None:
-    output, ctx = run(models, **QUICK, loras=[{"path": str(user_lora), "scale": 1.0}])
+def test_lora_changes_the_video_and_is_unloaded_afterwards(new_ctx: Any, models: Any, baseline: bytes, user_lora: Path) -> None:
+    output, ctx = run(new_ctx, **QUICK, loras=[{"path": str(user_lora), "scale": 1.0}])
     with_lora = ctx.output_bytes(output.video)
     assert np.abs(pixels(with_lora) - pixels(baseline)).max() > 0
     assert output.timings["loras"] >= 0
     assert user_adapters(models) == []
-    again, ctx_again = run(models, **QUICK)
+    again, ctx_again = run(new_ctx, **QUICK)
     assert ctx_again.output_bytes(again.video) == baseline
 
 
-def test_lora_from_url_equals_lora_from_path_and_scale_matters(models: Any, baseline: bytes, user_lora: Path) -> None:
-    by_path, ctx_path = run(models, **QUICK, loras=[{"path": str(user_lora), "scale": 0.5}])
-    ctx = FakeContext(models)
+def test_lora_from_url_equals_lora_from_path_and_scale_matters(new_ctx: Any, baseline: bytes, user_lora: Path) -> None:
+    by_path, ctx_path = run(new_ctx, **QUICK, loras=[{"path": str(user_lora), "scale": 0.5}])
+    ctx = new_ctx()
     ctx.add_input(LORA_URL, user_lora.read_bytes())
-    by_url, ctx = run(models, ctx=ctx, **QUICK, loras=[{"path": LORA_URL, "scale": 0.5}])
+    by_url, ctx = run(new_ctx, ctx=ctx, **QUICK, loras=[{"path": LORA_URL, "scale": 0.5}])
     assert ctx.output_bytes(by_url.video) == ctx_path.output_bytes(by_path.video)
-    assert (LORA_URL, "loras") in ctx.fetched
-    zero, ctx_zero = run(models, **QUICK, loras=[{"path": str(user_lora), "scale": 0.0}])
+    zero, ctx_zero = run(new_ctx, **QUICK, loras=[{"path": str(user_lora), "scale": 0.0}])
     assert ctx_zero.output_bytes(zero.video) == baseline  # scale 0: the LoRA adds nothing
     assert ctx_zero.output_bytes(zero.video) != ctx_path.output_bytes(by_path.video)
 
 
-def test_lora_on_the_motion_modules_does_not_break_later_long_clips(models: Any, baseline: bytes) -> None:
+def test_lora_on_the_motion_modules_does_not_break_later_long_clips(new_ctx: Any, models: Any, baseline: bytes, tiny_weights: Path) -> None:
     """A user LoRA may target the temporal layers (a motion LoRA); FreeNoise must still toggle afterwards."""
-    motion_lora = tiny_root() / "motion-loras" / "zoom-in" / "pytorch_lora_weights.safetensors"
-    run(models, **QUICK, loras=[{"path": str(motion_lora)}])
-    long_clip, ctx = run(models, video=source_video(70), **QUICK, loras=[{"path": str(motion_lora)}])
+    motion_lora = tiny_weights / "motion-loras" / "zoom-in" / "pytorch_lora_weights.safetensors"
+    run(new_ctx, **QUICK, loras=[{"path": str(motion_lora)}])
+    long_clip, ctx = run(new_ctx, video=source_video(70), **QUICK, loras=[{"path": str(motion_lora)}])
     assert len(probe(ctx.output_bytes(long_clip.video))["frames"]) == 35
-    run(models, video=source_video(70), **QUICK)
-    again, ctx_again = run(models, **QUICK)
+    run(new_ctx, video=source_video(70), **QUICK)
+    again, ctx_again = run(new_ctx, **QUICK)
     assert ctx_again.output_bytes(again.video) == baseline
     assert user_adapters(models) == []
 
@@ -252,30 +260,30 @@ def _bad_loras(tmp: Path, user_lora: Path) -> dict[str, tuple[str, bytes | None]
     "case", ["garbage_url", "not_lora_keys", "no_keys", "wrong_shapes", "unreachable_url", "missing_local", "pickle_file", "bad_repo_id"]
 )
 def test_bad_lora_is_422_on_its_path_and_leaves_the_pipeline_clean(
-    models: Any, baseline: bytes, user_lora: Path, tmp_path: Path, case: str
+    new_ctx: Any, models: Any, baseline: bytes, user_lora: Path, tmp_path: Path, case: str
 ) -> None:
     path, data = _bad_loras(tmp_path, user_lora)[case]
-    ctx = FakeContext(models)
+    ctx = new_ctx()
     if data is not None:
         ctx.add_input(path, data)
     # The bad one second: the good first one must be removed too.
     with pytest.raises(InputValidationError) as info:
-        run(models, ctx=ctx, **QUICK, loras=[{"path": str(user_lora)}, {"path": path}])
+        run(new_ctx, ctx=ctx, **QUICK, loras=[{"path": str(user_lora)}, {"path": path}])
     error = info.value.errors[0]
     assert error["loc"] == ["body", "loras", 1, "path"]
     assert error["msg"] and len(error["msg"]) <= 400
     assert user_adapters(models) == []
     if case == "wrong_shapes":  # diffusers had injected layers before failing: the next request is clean anyway
-        again, ctx_again = run(models, **QUICK)
+        again, ctx_again = run(new_ctx, **QUICK)
         assert ctx_again.output_bytes(again.video) == baseline
 
 
-def test_hub_lora_that_cannot_be_had_offline_is_422(models: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_hub_lora_that_cannot_be_had_offline_is_422(new_ctx: Any, models: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(InputValidationError) as info:
-        run(models, **QUICK, loras=[{"path": "motionserve-tests/no-such-lora"}])
+        run(new_ctx, **QUICK, loras=[{"path": "motionserve-tests/no-such-lora"}])
     assert info.value.errors[0]["loc"] == ["body", "loras", 0, "path"]
     assert user_adapters(models) == []
 
