@@ -135,6 +135,8 @@ def _walk(field: str, path: Path, prop: dict[str, Any], defs: dict[str, Any], cu
             items = _resolve(variant.get("items") or {}, defs)
             if "enum" in items:
                 yield BadCase(field, path, ["no-such-choice"], "item-not-in-enum")
+            elif items.get("required"):
+                yield BadCase(field, path, [{}], "item-missing-required")
         # Sub-fields of an object we actually send (e.g. video_size={"width":..,"height":..}).
         if _kind(variant) == "object" and isinstance(current, dict):
             for sub, sub_schema in variant.get("properties", {}).items():

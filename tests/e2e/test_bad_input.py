@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import socket
 import threading
-import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Iterator
 
@@ -116,14 +115,17 @@ def test_malformed_json_body_is_422(client: QueueClient, body: bytes, route: str
     assert isinstance(r.json()["detail"], list)
 
 
+UNKNOWN_ID = "00000000-0000-4000-8000-000000000000"
+
+
 @pytest.mark.parametrize(
     ("method", "path"),
     [
         ("POST", "/queue/fal-ai/no-such-model"),
         ("POST", "/run/fal-ai/no-such-model/text-to-video"),
-        ("GET", f"/queue/fal-ai/fast-animatediff/requests/{uuid.uuid4()}/status"),
-        ("GET", f"/queue/fal-ai/fast-animatediff/requests/{uuid.uuid4()}"),
-        ("PUT", f"/queue/fal-ai/fast-animatediff/requests/{uuid.uuid4()}/cancel"),
+        ("GET", f"/queue/fal-ai/fast-animatediff/requests/{UNKNOWN_ID}/status"),
+        ("GET", f"/queue/fal-ai/fast-animatediff/requests/{UNKNOWN_ID}"),
+        ("PUT", f"/queue/fal-ai/fast-animatediff/requests/{UNKNOWN_ID}/cancel"),
     ],
 )
 def test_unknown_endpoint_or_request_is_404(client: QueueClient, method: str, path: str) -> None:

@@ -6,6 +6,10 @@ from typing import Any
 
 import pytest
 
+from motionserve.config import Settings
+from motionserve.jobs.models import Job
+from motionserve.jobs.store import Store
+
 from .common import SMALL_T2V, T2V, download
 from .http_queue import QueueClient, Submitted
 from .media import probe_mp4
@@ -28,6 +32,17 @@ def assert_completed_with_video(client: QueueClient, server: Server, job: Submit
     assert info.frames == SMALL_T2V["num_frames"]
 
 
+def stored_job(server: Server, request_id: str) -> Job:
+    """The store's own record: who ran the request and how many tries it took."""
+    store = Store(Settings(data_dir=server.data_dir).resolved_database_url)
+    try:
+        job = store.get(request_id)
+    finally:
+        store.close()
+    assert job is not None
+    return job
+
+
 def test_kill_9_server_with_queued_and_running_requests_then_restart(server_factory) -> None:
     server = server_factory("crash", env=LEASE_ENV)
     client = QueueClient(server, server.create_key("durability"))
@@ -41,6 +56,8 @@ def test_kill_9_server_with_queued_and_running_requests_then_restart(server_fact
 
         for job in jobs:
             assert_completed_with_video(client, server, job)
+        # The request that was running when the server died was run again, not lost or duplicated.
+        assert stored_job(server, jobs[0].request_id).attempts == 2
     finally:
         client.close()
 
@@ -58,6 +75,8 @@ def test_request_moves_to_the_other_worker_when_its_worker_is_killed(server_fact
         first.kill9()
 
         assert_completed_with_video(client, server, job)
+        record = stored_job(server, job.request_id)
+        assert record.attempts == 2 and str(second.pid) in (record.worker_id or "").split(":"), record
         assert second.alive()
         # And the survivor keeps serving new work.
         assert_completed_with_video(client, server, client.submit(T2V, SMALL_T2V))
