@@ -174,6 +174,15 @@ def test_long_clip_uses_context_windows_then_later_requests_do_not(new_ctx: Any,
     assert ctx_again.output_bytes(again.video) == baseline
 
 
+def test_real_working_area_keeps_the_aspect_ratio(new_ctx: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(turbo, "WORKING_AREA", 512 * 512)  # the product value (this module shrinks it)
+    video = make_video(width=96, height=54, fps=8, frames=4, pattern="gradient")
+    output, ctx = run(new_ctx, video=video, **QUICK)
+    info = probe(ctx.output_bytes(output.video))
+    assert info["size"] == (680, 384)  # 16:9 at about 512×512 pixels, sides multiples of 8
+    assert len(info["frames"]) == 2
+
+
 def test_more_frames_than_the_cap_is_422_naming_it(new_ctx: Any) -> None:
     with pytest.raises(InputValidationError) as info:
         run(new_ctx, max_frames=10, select_every_nth_frame=1)  # 12 frames
