@@ -69,6 +69,17 @@ def test_start_deadline_expires_queued_job_as_user_timeout(store: Store, clock) 
     assert len(store.webhook_deliveries(late.id)) == 1
 
 
+def test_start_deadline_expires_while_every_worker_is_busy(store: Store, clock) -> None:  # type: ignore[no-untyped-def]
+    busy = submit(store)
+    store.claim("only-worker", 30)  # the one worker is busy: nobody claims, so only expiry can end `late`
+    late = submit(store, start_deadline=clock.now + 5)
+    assert store.expire_start_deadlines() == 0
+    clock.advance(10)
+    assert store.expire_start_deadlines() == 1
+    assert store.get(late.id).state is JobState.FAILED  # type: ignore[union-attr]
+    assert store.get(busy.id).state is JobState.RUNNING  # type: ignore[union-attr]
+
+
 def test_heartbeat_extends_lease_and_reports_cancel(store: Store, clock) -> None:  # type: ignore[no-untyped-def]
     job = submit(store)
     store.claim("w1", 30)

@@ -145,6 +145,21 @@ def add_file_cleanup(services: BackgroundServices, file_store: LocalFileStore, i
     services.add("file-cleanup", clean)
 
 
+def add_deadline_expiry(services: BackgroundServices, store: Any, interval_s: float = 1.0) -> None:
+    """Workers expire start deadlines when they claim; this covers the time when all of them are busy,
+    so a client's X-Fal-Request-Timeout ends its request on time rather than when a worker frees up."""
+
+    def expire(stop: threading.Event) -> None:
+        while not stop.is_set():
+            try:
+                store.expire_start_deadlines()
+            except Exception:  # a store hiccup must not end the thread
+                log.exception("start-deadline expiry failed; retrying later")
+            stop.wait(interval_s)
+
+    services.add("deadline-expiry", expire)
+
+
 def serve(settings: Settings) -> None:
     """Run the API server (TLS when a certificate and key are configured) until SIGINT/SIGTERM."""
     import uvicorn
@@ -161,6 +176,7 @@ def serve(settings: Settings) -> None:
         add_workers(services, settings, store, file_store)
     add_webhooks(services, settings, store)
     add_file_cleanup(services, file_store)
+    add_deadline_expiry(services, store)
     app = create_app(settings, store, file_store, workers_info=services.workers_info)
     config = uvicorn.Config(
         app,

@@ -227,6 +227,14 @@ class Store(KeysMixin, WebhookQueueMixin):
             )
             return self._get(conn, job_id) if claimed else None
 
+    def expire_start_deadlines(self) -> int:
+        """Fail queued jobs whose start deadline passed, even while every worker is busy."""
+        due = and_(jobs.c.start_deadline.is_not(None), jobs.c.start_deadline < self._clock())
+        if not self._exists(jobs.c.state == JobState.QUEUED.value, due):
+            return 0  # polled every second: do not take the write lock for nothing
+        with self._write() as conn:
+            return self._expire_start_deadlines(conn, self._clock())
+
     def _expire_start_deadlines(self, conn: Connection, now: float) -> int:
         query = select(jobs.c.id).where(
             jobs.c.state == JobState.QUEUED.value, jobs.c.start_deadline.is_not(None), jobs.c.start_deadline < now
