@@ -33,4 +33,5 @@ def tiny_models(models_dir: Path, tiny_weights: Path) -> Any:
     """A CPU ModelManager on the tiny weights; pipelines stay warm for the whole session."""
     from motionserve.inference.models import ModelManager
 
-    return ModelManager("tiny", models_dir, "cpu")
+    # User LoRAs given as local paths must live in the LoRA folder: the tiny root holds the test ones.
+    return ModelManager("tiny", models_dir, "cpu", lora_dir=tiny_weights)

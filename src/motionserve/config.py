@@ -32,6 +32,7 @@ class Settings:
     lease_s: float = 30.0
     max_attempts: int = 3
     sync_run_timeout_s: float = 3600.0
+    lora_dir: Path | None = None  # where user LoRAs given as local paths may come from; default data_dir/loras
     memory_budget_gb: float | None = None  # GPU memory for warm pipelines; None: the device's total
 
     @property
@@ -41,6 +42,10 @@ class Settings:
     @property
     def files_dir(self) -> Path:
         return Path(self.data_dir) / "files"
+
+    @property
+    def user_lora_dir(self) -> Path:
+        return Path(self.lora_dir) if self.lora_dir else Path(self.data_dir) / "loras"
 
     @property
     def models_dir(self) -> Path:
@@ -56,7 +61,7 @@ class Settings:
             if raw is not None and raw != "":
                 values[f.name] = _parse(f, raw)
         values.update({k: v for k, v in overrides.items() if v is not None})
-        for name in ("data_dir", "tls_cert", "tls_key"):
+        for name in ("data_dir", "tls_cert", "tls_key", "lora_dir"):
             if isinstance(values.get(name), str):
                 values[name] = Path(values[name])
         return cls(**values)

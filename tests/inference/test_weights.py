@@ -113,14 +113,34 @@ def test_lora_weights_file_finds_the_single_safetensors(tmp_path: Path) -> None:
 
 
 def test_user_lora_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_weights: Path) -> None:
-    assert resolve_lora_source(str(tiny_weights / "user-lora.safetensors")) == tiny_weights / "user-lora.safetensors"
+    lora = tiny_weights / "user-lora.safetensors"
+    assert resolve_lora_source(str(lora), local_root=tiny_weights) == lora
+    assert resolve_lora_source("user-lora.safetensors", local_root=tiny_weights) == lora  # relative to the folder
     with pytest.raises(LoraSourceError, match="neither"):
-        resolve_lora_source(str(tmp_path / "missing.safetensors"))
+        resolve_lora_source(str(tmp_path / "missing.safetensors"), local_root=tiny_weights)
     with pytest.raises(LoraSourceError, match="neither"):
-        resolve_lora_source("just-a-name")
+        resolve_lora_source("just-a-name", local_root=tiny_weights)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(LoraSourceError, match="could not be fetched"):
-        resolve_lora_source("nobody/no-such-lora-xyz/lora.safetensors")
+        resolve_lora_source("nobody/no-such-lora-xyz/lora.safetensors", local_root=tiny_weights)
+
+
+def test_local_lora_paths_stay_inside_the_lora_folder(tmp_path: Path, tiny_weights: Path) -> None:
+    """API-key holders must not load arbitrary files of the server through `loras[].path`."""
+    lora_dir = tmp_path / "loras"
+    lora_dir.mkdir()
+    (lora_dir / "mine.safetensors").write_bytes(b"x")
+    outside = tmp_path / "secret.safetensors"
+    outside.write_bytes(b"x")
+    assert resolve_lora_source("mine.safetensors", local_root=lora_dir) == (lora_dir / "mine.safetensors").resolve()
+    for escape in (str(outside), "../secret.safetensors", str(tiny_weights / "user-lora.safetensors")):
+        with pytest.raises(LoraSourceError):
+            resolve_lora_source(escape, local_root=lora_dir)
+    (lora_dir / "link.safetensors").symlink_to(outside)
+    with pytest.raises(LoraSourceError, match="outside"):
+        resolve_lora_source("link.safetensors", local_root=lora_dir)
+    with pytest.raises(LoraSourceError):  # no LoRA folder configured: no local paths at all
+        resolve_lora_source(str(outside), local_root=None)
 
 
 def test_pull_resolves_every_entry_of_the_tiny_map(data_dir: Path, tiny_weights: Path) -> None:

@@ -38,11 +38,22 @@ class ModelManager:
     models (real checkpoints live in the Hugging Face cache). `memory_budget_bytes=None` means unbounded.
     """
 
-    def __init__(self, weights: str, cache_dir: Path, device: str, memory_budget_bytes: int | None = None) -> None:
+    def __init__(
+        self,
+        weights: str,
+        cache_dir: Path,
+        device: str,
+        memory_budget_bytes: int | None = None,
+        *,
+        lora_dir: Path | None = None,
+        max_lora_bytes: int | None = None,
+    ) -> None:
         self.device = torch.device(device)
         # Half precision on GPUs (how the checkpoints are meant to run); CPUs are slow and inexact in fp16.
         self.dtype = torch.float16 if self.device.type == "cuda" else torch.float32
         self.memory_budget_bytes = memory_budget_bytes
+        self.lora_dir = lora_dir  # the only place user LoRAs given as local paths may come from
+        self.max_lora_bytes = max_lora_bytes
         self.checkpoints: Checkpoints = load_checkpoints(weights, tiny_root=Path(cache_dir) / "tiny")
         self._groups: OrderedDict[str, dict[str, Any]] = OrderedDict()  # group -> {"size": bytes, pipeline name -> pipe}
         self._motion_loras: dict[str, dict[str, torch.Tensor]] = {}
@@ -57,7 +68,10 @@ class ModelManager:
             budget = torch.cuda.get_device_properties(torch.device(device)).total_memory
         else:
             budget = None
-        return cls(settings.weights, settings.models_dir, device, budget)
+        return cls(
+            settings.weights, settings.models_dir, device, budget,
+            lora_dir=settings.user_lora_dir, max_lora_bytes=settings.max_fetch_bytes,
+        )
 
     # -- pipelines ---------------------------------------------------------------------------------
 
@@ -173,11 +187,11 @@ class ModelManager:
             return self._motion_loras[motion]
 
     def resolve_lora(self, source: str) -> Path:
-        """A user LoRA given as a local file/folder or a hub repo id (optionally `owner/repo/file.safetensors`).
+        """A user LoRA given as a file/folder in `lora_dir` or a hub repo id (optionally `owner/repo/file.safetensors`).
 
         Raises `LoraSourceError` (a ValueError) with a user-facing message when it cannot be had.
         """
-        return resolve_lora_source(source)
+        return resolve_lora_source(source, local_root=self.lora_dir, max_bytes=self.max_lora_bytes)
 
 
 def _module_bytes(pipes: Any) -> int:

@@ -261,32 +261,67 @@ class LoraSourceError(ValueError):
     """A user-supplied LoRA cannot be found or fetched; the message is meant for the caller."""
 
 
-def resolve_lora_source(source: str) -> Path:
-    """A LoRA weights file from a local file/folder or a hub repo id, optionally `owner/repo/file.safetensors`.
+def resolve_lora_source(source: str, *, local_root: Path | None = None, max_bytes: int | None = None) -> Path:
+    """A LoRA weights file from the operator's LoRA folder or a hub repo id (optionally `owner/repo/file.safetensors`).
 
-    URLs are not handled here: handlers fetch them through the request context (size caps, address checks).
+    Requests come from API-key holders, not the operator: a local path must name something inside
+    `local_root` (the server's LoRA folder; none means local paths are refused), and a hub download
+    larger than `max_bytes` is refused before it starts. URLs are not handled here: handlers fetch them
+    through the request context (size caps, address checks).
     """
     from huggingface_hub import hf_hub_download, snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, HFValidationError
 
-    local = Path(source).expanduser()
-    if local.exists():
+    local = _local_lora(source, local_root)
+    if local is not None:
         try:
             return lora_weights_file(local)
         except ModelUnavailableError as exc:
             raise LoraSourceError(str(exc)) from exc
     parts = source.strip("/").split("/")
     if len(parts) < 2 or source.startswith(("/", ".", "~")):
-        raise LoraSourceError(f"LoRA {source!r} is neither an existing local path nor a hub repo id (owner/name)")
+        raise LoraSourceError(
+            f"LoRA {source!r} is neither a file in this server's LoRA folder (MOTIONSERVE_LORA_DIR) nor a hub repo id (owner/name)"
+        )
     repo, file = "/".join(parts[:2]), "/".join(parts[2:]) or None
     offline = hub_offline()
     try:
+        if max_bytes is not None and not offline:
+            _check_hub_lora_size(repo, file, max_bytes)
         if file:
             return Path(hf_hub_download(repo, file, local_files_only=offline))
         folder = snapshot_download(repo, allow_patterns=_LORA_PATTERNS, local_files_only=offline)
         return lora_weights_file(Path(folder))
     except (HfHubHTTPError, HFValidationError, OSError, ModelUnavailableError) as exc:
         raise LoraSourceError(f"LoRA {source!r} could not be fetched from the hub: {exc}") from exc
+
+
+def _local_lora(source: str, local_root: Path | None) -> Path | None:
+    """`source` as an existing path inside `local_root`, or None. Relative paths are taken from the root."""
+    if local_root is None:
+        return None
+    root = Path(local_root).resolve()
+    candidate = Path(source).expanduser()
+    candidate = (candidate if candidate.is_absolute() else root / candidate).resolve()
+    if not candidate.exists():
+        return None
+    if not candidate.is_relative_to(root):  # resolve() has followed symlinks and "..", so this is the real place
+        raise LoraSourceError(f"LoRA {source!r} is outside this server's LoRA folder (MOTIONSERVE_LORA_DIR)")
+    return candidate
+
+
+def _check_hub_lora_size(repo: str, file: str | None, max_bytes: int) -> None:
+    """Refuse a hub LoRA bigger than the fetch cap before downloading a byte of it."""
+    from huggingface_hub import HfApi
+
+    api = HfApi()
+    if file:
+        entries = list(api.get_paths_info(repo, [file]))
+    else:
+        entries = [e for e in api.list_repo_tree(repo) if any(Path(e.path).match(p) for p in _LORA_PATTERNS)]
+    size = sum(getattr(e, "size", 0) or 0 for e in entries)
+    if size > max_bytes:
+        raise LoraSourceError(f"LoRA {repo} is {size / 1e6:.0f} MB, over this server's limit of {max_bytes / 1e6:.0f} MB")
 
 
 def pull(settings: Settings, log: Callable[[str], None] = print) -> dict[str, Path]:
