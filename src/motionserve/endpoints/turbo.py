@@ -36,7 +36,6 @@ ENDPOINT_ID = "fal-ai/animatediff-v2v/turbo"
 DEFAULT_NEGATIVE_PROMPT = "(bad quality, worst quality:1.2), ugly faces, bad anime"
 STRENGTH = 0.7  # share of the noise schedule re-run over the input video (ComfyUI "denoise")
 WORKING_AREA = 512 * 512  # pixels per frame; SD1.5's native resolution
-LCM_SCALE = 1.0  # the weight ModelManager gives the AnimateLCM LoRA; restored after user LoRAs
 
 
 class LoraWeight(BaseModel):
@@ -111,7 +110,7 @@ def run(inputs: Input, ctx: "RunContext") -> Output:
     from motionserve.endpoints._animatediff import configure_context_windows, fit_to_area, make_generator, step_callback
     from motionserve.endpoints._user_loras import user_loras
     from motionserve.inference import video_io
-    from motionserve.inference.models import LCM_ADAPTER
+    from motionserve.inference.models import LCM_ADAPTER, LCM_ADAPTER_SCALE
     from motionserve.inference.prompt_weighting import encode_weighted_prompts
 
     timings: dict[str, float] = {}
@@ -147,7 +146,7 @@ def run(inputs: Input, ctx: "RunContext") -> Output:
     with ExitStack() as stack:
         # 3. The request's LoRAs beside the AnimateLCM one; removed again when the block exits.
         with _timed(timings, "loras"):
-            stack.enter_context(user_loras(pipe, inputs.loras, ctx, base_adapter=LCM_ADAPTER, base_scale=LCM_SCALE))
+            stack.enter_context(user_loras(pipe, inputs.loras, ctx, base_adapter=LCM_ADAPTER, base_scale=LCM_ADAPTER_SCALE))
 
         # 4. Encode the weighted prompts (after the LoRAs: they may change the text encoder) and denoise.
         with _timed(timings, "inference"):

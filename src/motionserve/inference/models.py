@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 GB = 1024**3
 LCM_ADAPTER = "lcm"
+LCM_ADAPTER_SCALE = 1.0  # AnimateLCM's LoRA at full weight, as its authors run it
 
 
 class ModelManager:
@@ -163,7 +164,7 @@ class ModelManager:
         )
         pipe.scheduler = LCMScheduler.from_config(pipe.scheduler.config, beta_schedule="linear")
         pipe.load_lora_weights(str(self.checkpoints.path("animatelcm_lora")), adapter_name=LCM_ADAPTER)
-        pipe.set_adapters([LCM_ADAPTER], adapter_weights=[1.0])
+        pipe.set_adapters([LCM_ADAPTER], adapter_weights=[LCM_ADAPTER_SCALE])
         return {"turbo": pipe}
 
     def _load_svd_lcm(self) -> dict[str, Any]:
@@ -209,4 +210,4 @@ def _module_bytes(pipes: Any) -> int:
     return total
 
 
-__all__ = ["ModelManager", "LoraSourceError", "LCM_ADAPTER"]
+__all__ = ["ModelManager", "LoraSourceError", "LCM_ADAPTER", "LCM_ADAPTER_SCALE"]
