@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, Callable
 
 import httpx
@@ -34,3 +35,11 @@ def download(srv: Server, url: str) -> bytes:
     r = httpx.get(url, verify=str(srv.tls.ca_cert), timeout=120)
     assert r.status_code == 200, f"GET {url} -> {r.status_code} {r.text[:300]}"
     return r.content
+
+
+_STEP = re.compile(r"\bstep (\d+)/(\d+)", re.IGNORECASE)
+
+
+def step_numbers(logs: list[dict[str, Any]] | None) -> list[int]:
+    """The `i` of every "step i/n" line the denoising loop logged, in order."""
+    return [int(m.group(1)) for line in logs or [] if (m := _STEP.search(line["message"]))]
