@@ -1,0 +1,319 @@
+"""Per-endpoint benchmark: a bare diffusers pipeline call against the same request through the HTTP queue.
+
+For each endpoint, in one run, on the same weights and arguments:
+
+(a) bare: the plain diffusers pipeline, loaded from the same checkpoint folders with the same scheduler
+    settings, called with the endpoint's arguments (size, frames, steps, guidance, strength, seed);
+    load time excluded (one warm-up call first);
+(b) end to end: a real `motionserve serve` on those weights; submit to `/queue/{endpoint}` with httpx, poll
+    the status every 0.1 s (fal_client's interval) until COMPLETED, GET the result, download the MP4;
+    one warm-up request first (the model process loads its pipelines lazily).
+
+(a) and (b) alternate, `--repeats` times each, and medians are compared: `ratio` = e2e / bare (target
+<= 1.10). Peak memory: RSS high-water of the model process for (b) and of this process for (a) (CPU), or
+GPU memory (CUDA). For the AnimateDiff endpoints, 16 against 64 frames (64 uses FreeNoise context
+windows): `ratio_64_16` (target <= 4.4; 4.0 is linear). SVD-LCM always makes 25 frames: n/a.
+
+    python bench/bench_endpoints.py --endpoint {t2v,v2v,turbo,svd-lcm,all} [--size tiny|small|full]
+                                    [--repeats N] [--device cpu|cuda]
+
+Human-readable lines first; the LAST line is one JSON object with every figure. Not a test: the numbers
+depend on the machine (and on what else runs on it: see `loadavg_1m_*`). See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import io
+import json
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _weights  # noqa: E402
+from _cases import CASES, Case, Request, call_bare, with_steps  # noqa: E402
+from _common import (  # noqa: E402
+    BenchServer, E2EResult, GpuMemorySampler, QueueClient, cpu_seconds, machine_info, median, peak_rss_mb, ratio,
+    reset_peak_rss, rounded,
+)
+
+TARGET_RATIO = 1.10
+TARGET_RATIO_64_16 = 4.4
+DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "motionserve-bench"
+
+
+@dataclass
+class Run:
+    seconds: float
+    cpu: float
+    peak_mb: float | None
+    frames: Any = None  # bare: the pipeline's frames
+    result: E2EResult | None = None  # e2e: what the service returned
+
+
+class Bench:
+    """The runs for one endpoint: its server, its bare pipeline, and the requests timed on both."""
+
+    def __init__(self, case: Case, args: argparse.Namespace, weights: _weights.Weights, workdir: Path) -> None:
+        import torch
+
+        self.case, self.args, self.device = case, args, args.device
+        self.cuda = args.device.startswith("cuda")
+        self.dtype = torch.float16 if self.cuda else torch.float32  # what the server's ModelManager uses
+        self.server = BenchServer.start(workdir / case.key, weights=weights.server_arg, device=args.device,
+                                        log_dir=workdir, name=f"server-{case.key}")
+        try:
+            self.client = QueueClient(self.server.base_url, self.server.create_key(), poll_s=args.poll_interval)
+            self.pipe = case.load(weights, args.device, self.dtype)
+        except Exception:
+            self.server.stop()
+            raise
+        self._uploaded: dict[int, str] = {}
+
+    def close(self) -> None:
+        self.client.close()
+        self.server.stop()
+        del self.pipe
+        gc.collect()
+        if self.cuda:
+            import torch
+
+            torch.cuda.empty_cache()
+
+    # -- one request, both ways ---------------------------------------------------------------------
+
+    def payload(self, request: Request) -> dict[str, Any]:
+        payload = dict(request.payload)
+        for name, (data, content_type, file_name) in request.media.items():
+            if id(data) not in self._uploaded:
+                self._uploaded[id(data)] = self.client.upload(data, content_type=content_type, file_name=file_name)
+            payload[name] = self._uploaded[id(data)]
+        return payload
+
+    def bare_once(self, request: Request) -> Run:
+        """One bare call: wall and CPU seconds, peak memory (MiB), frames."""
+        import torch
+
+        if self.cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        else:
+            reset_peak_rss(os.getpid())
+        cpu, started = time.process_time(), time.perf_counter()
+        frames = call_bare(self.pipe, request, self.device)
+        if self.cuda:
+            torch.cuda.synchronize()
+        elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
+        peak = torch.cuda.max_memory_allocated() / 2**20 if self.cuda else peak_rss_mb(os.getpid())
+        return Run(elapsed, cpu, peak, frames=frames)
+
+    def e2e_once(self, request: Request) -> Run:
+        """One queue round trip: wall seconds, CPU seconds of every process involved, the model process's peak."""
+        pid = self.server.model_pid()
+        processes = [p for p in (pid, self.server.process.pid, os.getpid()) if p is not None]
+        cpu = cpu_seconds(processes)
+        payload = self.payload(request)
+        if self.cuda:
+            with GpuMemorySampler(pid) as sampler:
+                result = self.client.run(self.case.endpoint_id, payload)
+            peak = sampler.peak_mb
+        else:
+            if pid is not None:
+                reset_peak_rss(pid)
+            result = self.client.run(self.case.endpoint_id, payload)
+            peak = peak_rss_mb(pid) if pid is not None else None
+        return Run(result.seconds, cpu_seconds(processes) - cpu, peak, result=result)
+
+    def measure(self, request: Request, repeats: int, warm_up: bool) -> dict[str, Any]:
+        if warm_up:
+            self.bare_once(request)
+            self.e2e_once(request)
+        bare_runs: list[Run] = []
+        e2e_runs: list[Run] = []
+        for _ in range(repeats):  # alternate, so drift in the machine's load hits both alike
+            bare_runs.append(self.bare_once(request))
+            e2e_runs.append(self.e2e_once(request))
+        results = [r.result for r in e2e_runs if r.result is not None]
+        bare, e2e = [r.seconds for r in bare_runs], [r.seconds for r in e2e_runs]
+        handler = [r.inference_time for r in results]
+        stages: dict[str, list[float]] = {}
+        for r in results:
+            for stage, value in (r.output.get("timings") or {}).items():
+                stages.setdefault(stage, []).append(value)
+        figures = {
+            "frames": request.frames,
+            "bare_s": median(bare),
+            "e2e_s": median(e2e),
+            "ratio": ratio(median(e2e), median(bare)),
+            # CPU seconds (all threads; for e2e the model, server and client processes together) are less
+            # disturbed than wall time by other work on a shared machine.
+            "bare_cpu_s": median(r.cpu for r in bare_runs),
+            "e2e_cpu_s": median(r.cpu for r in e2e_runs),
+            "cpu_ratio": ratio(median(r.cpu for r in e2e_runs), median(r.cpu for r in bare_runs)),
+            # Where e2e - bare goes: the handler's own extra work (fetch, decode, prompt weighting, MP4
+            # encode, store) and the service around it (queue claim, polling, result and download).
+            "handler_s": median(handler),
+            "handler_extra_s": _minus(median(handler), median(bare)),
+            "service_s": median([_minus(s, h) for s, h in zip(e2e, handler)]),
+            "queue_wait_s": median(self.queue_wait(r.request_id) for r in results),
+            "mp4_encode_s": self.encode_seconds(bare_runs[-1].frames if bare_runs else None),
+            "e2e_frames": _mp4_frames(results[-1].video) if results else None,
+            "bare_runs_s": bare,
+            "e2e_runs_s": e2e,
+        }
+        memory = "peak_gpu_mb" if self.cuda else "peak_rss_mb"
+        figures[memory] = max((r.peak_mb for r in e2e_runs if r.peak_mb is not None), default=None)
+        figures[f"bare_{memory}"] = max((r.peak_mb for r in bare_runs if r.peak_mb is not None), default=None)
+        if stages:
+            figures["handler_stages_s"] = {k: median(v) for k, v in stages.items()}
+        return figures
+
+    def queue_wait(self, request_id: str) -> float | None:
+        """Submit to start, from the store: the worker's claim loop and the hand-over to the model process."""
+        from motionserve.config import Settings
+        from motionserve.jobs.store import Store
+
+        job = Store(Settings(data_dir=self.server.data_dir).resolved_database_url).get(request_id)
+        if job is None or job.started_at is None:
+            return None
+        return float(job.started_at) - float(job.created_at)
+
+    @staticmethod
+    def encode_seconds(frames: Any) -> float | None:
+        """The MP4 encode the handler does, timed here on the bare call's frames."""
+        from motionserve.inference.video_io import encode_mp4
+
+        if frames is None:
+            return None
+        started = time.perf_counter()
+        encode_mp4(list(frames), fps=8)
+        return time.perf_counter() - started
+
+
+def _minus(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a - b
+
+
+def _mp4_frames(data: bytes) -> int:
+    import av
+
+    with av.open(io.BytesIO(data)) as container:
+        return sum(1 for _ in container.decode(video=0))
+
+
+def bench_endpoint(case: Case, args: argparse.Namespace, weights: _weights.Weights, workdir: Path) -> dict[str, Any]:
+    bench = Bench(case, args, weights, workdir)
+    try:
+        default = with_steps(case.request(None), args.steps)
+        figures = bench.measure(default, args.repeats, warm_up=True)
+        _print_line(case.key, "default", figures)
+        if not case.long_clips:
+            figures.update({k: "n/a" for k in ("t16_s", "t64_s", "ratio_64_16", "e2e_t16_s", "e2e_t64_s",
+                                                "e2e_ratio_64_16")})
+            return figures
+        if args.skip_64:
+            return figures
+        short = figures if default.frames == 16 else bench.measure(
+            with_steps(case.request(16), args.steps), args.repeats_64, warm_up=False)
+        long = bench.measure(with_steps(case.request(64), args.steps), args.repeats_64, warm_up=False)
+        if short is not figures:
+            _print_line(case.key, "16 frames", short)
+        _print_line(case.key, "64 frames", long)
+        memory = "peak_gpu_mb" if bench.cuda else "peak_rss_mb"
+        figures.update({
+            "t16_s": short["bare_s"], "t64_s": long["bare_s"], "ratio_64_16": ratio(long["bare_s"], short["bare_s"]),
+            "e2e_t16_s": short["e2e_s"], "e2e_t64_s": long["e2e_s"],
+            "e2e_ratio_64_16": ratio(long["e2e_s"], short["e2e_s"]),
+            f"{memory}_64": long[memory], f"bare_{memory}_64": long[f"bare_{memory}"],
+            "frames_64": long["frames"], "e2e_frames_64": long["e2e_frames"],
+        })
+        print(f"[{case.key}] 64/16 frames: bare {_fmt(figures['ratio_64_16'])}x, "
+              f"e2e {_fmt(figures['e2e_ratio_64_16'])}x (target <= {TARGET_RATIO_64_16}, linear = 4.0)", flush=True)
+        return figures
+    except Exception as exc:
+        raise RuntimeError(f"{exc}\n--- server log (tail) ---\n{bench.server.process.log()[-4000:]}") from exc
+    finally:
+        bench.close()
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def _print_line(key: str, label: str, f: dict[str, Any]) -> None:
+    memory = f.get("peak_rss_mb", f.get("peak_gpu_mb"))
+    print(f"[{key}] {label}: {f['frames']} frames  bare {_fmt(f['bare_s'])} s  e2e {_fmt(f['e2e_s'])} s  "
+          f"ratio {_fmt(f['ratio'])} (target <= {TARGET_RATIO})  handler {_fmt(f['handler_s'])} s  "
+          f"queue wait {_fmt(f['queue_wait_s'])} s  mp4 encode {_fmt(f['mp4_encode_s'])} s  "
+          f"peak {_fmt(memory)} MiB (bare {_fmt(f.get('bare_peak_rss_mb', f.get('bare_peak_gpu_mb')))})", flush=True)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--endpoint", choices=[*CASES, "all"], default="all")
+    parser.add_argument("--size", choices=["tiny", "small", "full"], default="tiny")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per form for the default request")
+    parser.add_argument("--repeats-64", type=int, default=1, help="timed runs per form for the 16/64-frame pair")
+    parser.add_argument("--skip-64", action="store_true", help="skip the 16 vs 64 frames comparison")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (the server gets the same)")
+    parser.add_argument("--steps", type=int, help="override the step count in both forms (quick checks only)")
+    parser.add_argument("--threads", type=int,
+                        help="CPU threads per process, for both forms (1 gives steady figures on a shared machine)")
+    parser.add_argument("--poll-interval", type=float, default=0.1, help="status polling interval (s)")
+    parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help="where built weights are kept")
+    parser.add_argument("--check-full-configs", action="store_true",
+                        help="only count the full-size models' parameters on the meta device and exit")
+    args = parser.parse_args(argv)
+    if args.device == "cuda":
+        args.device = "cuda:0"
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.check_full_configs:
+        report = _weights.check_full_configs()
+        for name, row in report.items():
+            print(f"{name:>10}: {row['mparams']:8.1f} M parameters (published: {row['expected']} M)")
+        ok = all(abs(r["mparams"] - r["expected"]) <= 0.01 * r["expected"] for r in report.values())
+        print(json.dumps({"full_configs": report, "ok": ok}))
+        return 0 if ok else 1
+
+    started = time.perf_counter()
+    if args.threads:
+        # Before torch starts its thread pools here, and inherited by the server and its model process.
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(args.threads)
+        import torch
+
+        torch.set_num_threads(args.threads)
+    args.cache_dir.mkdir(parents=True, exist_ok=True)
+    machine = machine_info(args.device)
+    weights = _weights.prepare(args.size, args.cache_dir, build_device=args.device)
+    print(f"weights: {args.size} ({weights.map_path}); device {args.device}; repeats {args.repeats}", flush=True)
+    keys = list(CASES) if args.endpoint == "all" else [args.endpoint]
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="motionserve-bench-") as tmp:
+        for key in keys:
+            try:
+                results[key] = bench_endpoint(CASES[key], args, weights, Path(tmp))
+            except Exception as exc:  # one endpoint failing still reports the others
+                print(f"[{key}] FAILED: {exc}", flush=True)
+                results[key] = {"error": str(exc)[:2000]}
+    machine["loadavg_1m_end"] = round(os.getloadavg()[0], 2)
+    machine["wall_s"] = round(time.perf_counter() - started, 1)
+    summary = {**results, "machine": machine, "size": args.size, "repeats": args.repeats, "steps": args.steps or "default",
+               "threads": args.threads or "default",
+               "targets": {"ratio": TARGET_RATIO, "ratio_64_16": TARGET_RATIO_64_16}}
+    print(json.dumps(rounded(summary)))
+    return 1 if any("error" in r for r in results.values()) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
