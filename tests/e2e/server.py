@@ -6,6 +6,7 @@ model child processes down with it, as a power cut or OOM kill of the container 
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import socket
@@ -23,6 +24,7 @@ from .tls import TlsFiles
 # Processes started by this test session, newest last; conftest prints their logs when a test fails.
 LIVE: list["ManagedProcess"] = []
 
+_worker_serial = itertools.count()
 STARTUP_TIMEOUT_S = float(os.environ.get("MOTIONSERVE_E2E_STARTUP_TIMEOUT_S", "120"))
 
 
@@ -271,4 +273,4 @@ def start_worker(
     args = ["worker", "--data-dir", str(data_dir), "--weights", "tiny"]
     if database_url:
         args += ["--database-url", database_url]
-    return ManagedProcess(name, args, log_dir / f"{name}.log", base_env(env)).start()
+    return ManagedProcess(name, args, log_dir / f"{name}-{next(_worker_serial)}.log", base_env(env)).start()

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import os
+import uuid
+
 import pytest
 
 from motionserve.config import Settings
@@ -23,6 +26,31 @@ LEASE_ENV = {"MOTIONSERVE_LEASE_S": "3"}
 MEDIUM_T2V: dict[str, Any] = {**SMALL_T2V, "num_inference_steps": 25, "video_size": {"width": 96, "height": 96}}
 
 
+# Where a throwaway PostgreSQL database can be created (trust auth); the test is skipped without one.
+PG_ADMIN_URL = os.environ.get("MOTIONSERVE_E2E_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest) -> Any:
+    """None (SQLite in the data dir) or a fresh PostgreSQL database, dropped afterwards."""
+    if request.param == "sqlite":
+        yield None
+        return
+    psycopg = pytest.importorskip("psycopg")
+    try:
+        admin = psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=3)
+    except psycopg.OperationalError as exc:
+        pytest.skip(f"PostgreSQL not reachable at {PG_ADMIN_URL}: {exc}")
+    name = f"motionserve_e2e_{uuid.uuid4().hex[:12]}"
+    with admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+        try:
+            base = PG_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1)
+            yield f"{base}/{name}"
+        finally:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 def assert_completed_with_video(client: QueueClient, server: Server, job: Submitted) -> None:
     final = client.wait(job)
     assert final.get("error") is None, final
@@ -34,7 +62,7 @@ def assert_completed_with_video(client: QueueClient, server: Server, job: Submit
 
 def stored_job(server: Server, request_id: str) -> Job:
     """The store's own record: who ran the request and how many tries it took."""
-    store = Store(Settings(data_dir=server.data_dir).resolved_database_url)
+    store = Store(Settings(data_dir=server.data_dir, database_url=server.database_url).resolved_database_url)
     try:
         job = store.get(request_id)
     finally:
@@ -62,15 +90,17 @@ def test_kill_9_server_with_queued_and_running_requests_then_restart(server_fact
         client.close()
 
 
-def test_request_moves_to_the_other_worker_when_its_worker_is_killed(server_factory, log_dir, models_cache) -> None:
-    server = server_factory("split", workers=False, env=LEASE_ENV)
+def test_request_moves_to_the_other_worker_when_its_worker_is_killed(server_factory, log_dir, models_cache, database_url) -> None:
+    server = server_factory("split", workers=False, env=LEASE_ENV, database_url=database_url)
     client = QueueClient(server, server.create_key("workers"))
-    first = start_worker(server.data_dir, log_dir=log_dir, name="worker-a", env=LEASE_ENV, models_cache=models_cache)
+    first = start_worker(server.data_dir, log_dir=log_dir, name="worker-a", env=LEASE_ENV, models_cache=models_cache,
+                         database_url=database_url)
     second = None
     try:
         job = client.submit(T2V, MEDIUM_T2V)
         assert client.wait(job, until="IN_PROGRESS")["status"] == "IN_PROGRESS"  # only worker-a can hold it
-        second = start_worker(server.data_dir, log_dir=log_dir, name="worker-b", env=LEASE_ENV, models_cache=models_cache)
+        second = start_worker(server.data_dir, log_dir=log_dir, name="worker-b", env=LEASE_ENV, models_cache=models_cache,
+                              database_url=database_url)
 
         first.kill9()
 
