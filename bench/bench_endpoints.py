@@ -31,6 +31,7 @@ import os
 import sys
 import tempfile
 import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -238,7 +239,7 @@ def bench_endpoint(case: Case, args: argparse.Namespace, weights: _weights.Weigh
               f"e2e {_fmt(figures['e2e_ratio_64_16'])}x (target <= {TARGET_RATIO_64_16}, linear = 4.0)", flush=True)
         return figures
     except Exception as exc:
-        raise RuntimeError(f"{exc}\n--- server log (tail) ---\n{bench.server.process.log()[-4000:]}") from exc
+        raise RuntimeError(f"{exc!r}\n--- server log (tail) ---\n{bench.server.process.log()[-4000:]}") from exc
     finally:
         bench.close()
 
@@ -301,11 +302,14 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="motionserve-bench-") as tmp:
         for key in keys:
+            endpoint_started = time.perf_counter()
             try:
                 results[key] = bench_endpoint(CASES[key], args, weights, Path(tmp))
             except Exception as exc:  # one endpoint failing still reports the others
-                print(f"[{key}] FAILED: {exc}", flush=True)
-                results[key] = {"error": str(exc)[:2000]}
+                traceback.print_exc()
+                print(f"[{key}] FAILED: {exc!r}", flush=True)
+                results[key] = {"error": repr(exc)[:2000]}
+            results[key]["wall_s"] = time.perf_counter() - endpoint_started
     machine["loadavg_1m_end"] = round(os.getloadavg()[0], 2)
     machine["wall_s"] = round(time.perf_counter() - started, 1)
     summary = {**results, "machine": machine, "size": args.size, "repeats": args.repeats, "steps": args.steps or "default",
