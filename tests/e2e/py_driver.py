@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import sys
 import tempfile
 import time
@@ -26,6 +27,7 @@ if BASE:
     fal_client_module.CDN_URL = f"{BASE}/cdn"
 
 POLL_S = 0.1
+STEP_LINE = re.compile(r"\bstep \d+/\d+", re.IGNORECASE)
 DEADLINE_S = float(os.environ.get("MOTIONSERVE_E2E_JOB_TIMEOUT_S", "300"))
 
 
@@ -49,14 +51,25 @@ def result_or_error(fetch: Callable[[], Any]) -> dict[str, Any]:
         return {"error": http_error(exc)}
 
 
-def wait_until(handle: fal_client.SyncRequestHandle, wanted: type, *, with_logs: bool = False) -> list[dict[str, Any]]:
-    """Poll status until an instance of `wanted` (or Completed) is seen; return every status seen."""
+def _has_step_line(logs: list[dict[str, Any]] | None) -> bool:
+    """A "step i/n" line of the denoising loop (other lines, e.g. the plan, come before any work)."""
+    return any(STEP_LINE.search(line["message"]) for line in logs or [])
+
+
+def wait_until(handle: fal_client.SyncRequestHandle, wanted: type, *, with_logs: bool = False,
+               need_logs: bool = False) -> list[dict[str, Any]]:
+    """Poll status until an instance of `wanted` (with a step line, if `need_logs`) or Completed is seen.
+
+    Returns every status seen.
+    """
     seen: list[dict[str, Any]] = []
     deadline = time.monotonic() + DEADLINE_S
     while time.monotonic() < deadline:
-        status = handle.status(with_logs=with_logs)
+        status = handle.status(with_logs=with_logs or need_logs)
         seen.append(status_dict(status))
-        if isinstance(status, (wanted, fal_client.Completed)):
+        if isinstance(status, fal_client.Completed):
+            return seen
+        if isinstance(status, wanted) and not (need_logs and not _has_step_line(getattr(status, "logs", None))):
             return seen
         time.sleep(POLL_S)
     raise TimeoutError(f"no {wanted.__name__} within {DEADLINE_S}s; saw {seen[-3:]}")
@@ -95,14 +108,18 @@ def scenario_submit_only(endpoint: str, arguments: dict[str, Any], webhook_url: 
 
 
 def scenario_cancel(endpoint: str, long_arguments: dict[str, Any]) -> dict[str, Any]:
-    """Occupy the worker with `running`, queue `queued` behind it, cancel both in turn."""
+    """Occupy the worker with `running`, queue `queued` behind it, cancel both in turn.
+
+    `running` is cancelled only once its first step lines have been read while it is IN_PROGRESS:
+    proof that logs reach the client during the run, not only at the end.
+    """
     running = fal_client.submit(endpoint, arguments=long_arguments)
-    wait_until(running, fal_client.InProgress)
+    wait_until(running, fal_client.InProgress, need_logs=True)
     queued = fal_client.submit(endpoint, arguments=long_arguments)
     queued_before = status_dict(queued.status())
     queued.cancel()
     queued_after = wait_until(queued, fal_client.Completed, with_logs=True)[-1]
-    running_before = status_dict(running.status())
+    running_before = status_dict(running.status(with_logs=True))
     running.cancel()
     running_after = wait_until(running, fal_client.Completed, with_logs=True)[-1]
     return {

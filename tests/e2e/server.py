@@ -52,6 +52,7 @@ class ManagedProcess:
     env: dict[str, str]
     proc: subprocess.Popen | None = None
     _log_file: object = field(default=None, repr=False)
+    _done: bool = field(default=False, repr=False)
 
     def start(self) -> "ManagedProcess":
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -77,7 +78,7 @@ class ManagedProcess:
 
     def kill9(self) -> None:
         """Simulate a crash: SIGKILL the whole process group (server or worker plus model children)."""
-        if self.proc is None:
+        if self.proc is None or self._done:
             return
         try:
             os.killpg(self.proc.pid, signal.SIGKILL)
@@ -88,8 +89,8 @@ class ManagedProcess:
 
     def stop(self, grace_s: float = 20.0) -> None:
         """Graceful SIGTERM, then SIGKILL of the group for anything left (children included)."""
-        if self.proc is None:
-            return
+        if self.proc is None or self._done:
+            return  # once reaped, the group id may belong to someone else: never signal it again
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -107,12 +108,13 @@ class ManagedProcess:
         self._close_log()
 
     def _close_log(self) -> None:
+        self._done = True
         if self._log_file is not None:
             self._log_file.close()  # type: ignore[attr-defined]
             self._log_file = None
         if self in LIVE:
             LIVE.remove(self)
-        FINISHED.append(self)
+            FINISHED.append(self)
 
     def log(self) -> str:
         return log_tail(self.log_path)

@@ -67,8 +67,10 @@ def named_fields(detail: list[dict[str, Any]]) -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def strict_server(server_factory) -> Server:
-    return server_factory("strict", allow_private_urls=False)
+def strict_server(server_factory) -> Iterator[Server]:
+    srv = server_factory("strict", allow_private_urls=False)
+    yield srv
+    srv.stop()
 
 
 @pytest.fixture(scope="module")

@@ -88,6 +88,7 @@ def test_kill_9_server_with_queued_and_running_requests_then_restart(server_fact
         assert stored_job(server, jobs[0].request_id).attempts == 2
     finally:
         client.close()
+        server.stop()
 
 
 def test_request_moves_to_the_other_worker_when_its_worker_is_killed(server_factory, log_dir, models_cache, database_url) -> None:
@@ -113,5 +114,6 @@ def test_request_moves_to_the_other_worker_when_its_worker_is_killed(server_fact
     finally:
         client.close()
         first.stop()
+        server.stop()
         if second is not None:
             second.stop()

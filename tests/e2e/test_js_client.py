@@ -36,8 +36,9 @@ def test_run_returns_result_and_request_id(js_client: PyClient, server: Server) 
 
 @pytest.mark.parametrize("mode", ["polling", "streaming"])
 def test_subscribe_with_logs(js_client: PyClient, server: Server, mode: str) -> None:
-    steps = 12
-    out = js_client("subscribe", endpoint=T2V, input={**SMALL_T2V, "num_inference_steps": steps}, mode=mode)
+    steps = 25  # with 128×128×16 frames: long enough that the client sees it IN_PROGRESS
+    args = {**SMALL_T2V, "num_inference_steps": steps, "num_frames": 16, "video_size": {"width": 128, "height": 128}}
+    out = js_client("subscribe", endpoint=T2V, input=args, mode=mode)
 
     assert "result" in out, out
     assert out["requestId"] == out["enqueued"]
@@ -46,7 +47,7 @@ def test_subscribe_with_logs(js_client: PyClient, server: Server, mode: str) -> 
     # Polling gets the whole log each time; in streaming mode the client appends each event's lines,
     # so a server repeating old lines in later events would show up here as duplicates.
     assert step_numbers(out["updates"][-1]["logs"]) == list(range(1, steps + 1))
-    assert_playable(server, out["result"]["video"], frames=8, fps=8)
+    assert_playable(server, out["result"]["video"], frames=16, fps=8)
 
 
 def test_submit_status_result(js_client: PyClient, server: Server) -> None:
@@ -72,6 +73,7 @@ def test_cancel_a_queued_and_a_running_request(js_client: PyClient) -> None:
 
     assert out["queued"]["before"]["status"] == "IN_QUEUE"
     assert out["running"]["before"]["status"] == "IN_PROGRESS"
+    assert step_numbers(out["running"]["before"]["logs"]), "step lines reach the client while the request runs"
     for request in (out["queued"], out["running"]):
         assert request["after"]["status"] == "COMPLETED"
         assert request["after"]["error_type"] == "client_cancelled"

@@ -37,7 +37,6 @@ def test_run_returns_a_playable_mp4_anyone_can_download(py_client: PyClient, ser
 
 
 def test_subscribe_reports_a_log_line_per_denoising_step(py_client: PyClient, server: Server) -> None:
-    # Several seconds of work, so that lines (flushed twice a second) show up while it runs.
     args = {**SMALL_T2V, "num_inference_steps": 25, "num_frames": 16, "video_size": {"width": 128, "height": 128}}
     out = py_client("subscribe", endpoint=T2V, arguments=args)
 
@@ -45,8 +44,6 @@ def test_subscribe_reports_a_log_line_per_denoising_step(py_client: PyClient, se
     kinds = [u["status"] for u in out["updates"]]
     assert kinds[-1] == "COMPLETED" and "IN_PROGRESS" in kinds
     assert step_numbers(out["updates"][-1]["logs"]) == list(range(1, 26))
-    # Lines arrive while the request runs, not only at the end.
-    assert any(u["status"] == "IN_PROGRESS" and u["logs"] for u in out["updates"]), out["updates"]
     assert_playable(server, out["result"]["video"], frames=16, fps=8)
 
 
@@ -67,6 +64,7 @@ def test_cancel_a_queued_and_a_running_request(py_client: PyClient) -> None:
     queued, running = out["queued"], out["running"]
     assert queued["before"]["status"] == "IN_QUEUE"
     assert running["before"]["status"] == "IN_PROGRESS"
+    assert step_numbers(running["before"]["logs"]), "step lines reach the client while the request runs"
     for request in (queued, running):
         assert request["after"]["status"] == "COMPLETED"
         assert request["after"]["error_type"] == "client_cancelled"

@@ -58,13 +58,19 @@ function summarise(update) {
   return out;
 }
 
-async function waitFor(endpoint, requestId, wanted, logs = false) {
+// A "step i/n" line of the denoising loop (other lines, e.g. the plan, come before any work).
+const STEP_LINE = /\bstep \d+\/\d+/i;
+const hasStepLine = (logs) => (logs || []).some((l) => STEP_LINE.test(l.message));
+
+// Poll until `wanted` (with a step line, if `needLogs`) or COMPLETED; returns every status seen.
+async function waitFor(endpoint, requestId, wanted, logs = false, needLogs = false) {
   const seen = [];
   const deadline = Date.now() + DEADLINE_MS;
   while (Date.now() < deadline) {
-    const s = await fal.queue.status(endpoint, { requestId, logs });
+    const s = await fal.queue.status(endpoint, { requestId, logs: logs || needLogs });
     seen.push(summarise(s));
-    if (s.status === wanted || s.status === "COMPLETED") return seen;
+    if (s.status === "COMPLETED") return seen;
+    if (s.status === wanted && !(needLogs && !hasStepLine(s.logs))) return seen;
     await sleep(100);
   }
   throw new Error(`no ${wanted} within ${DEADLINE_MS} ms; saw ${JSON.stringify(seen.slice(-3))}`);
@@ -119,13 +125,14 @@ const scenarios = {
   },
 
   async cancel({ endpoint, long_input }) {
+    // Cancel the running one only after reading its first step lines while it runs.
     const { request_id: runningId } = await fal.queue.submit(endpoint, { input: long_input });
-    await waitFor(endpoint, runningId, "IN_PROGRESS");
+    await waitFor(endpoint, runningId, "IN_PROGRESS", true, true);
     const { request_id: queuedId } = await fal.queue.submit(endpoint, { input: long_input });
     const queuedBefore = summarise(await fal.queue.status(endpoint, { requestId: queuedId }));
     await fal.queue.cancel(endpoint, { requestId: queuedId });
     const queuedAfter = (await waitFor(endpoint, queuedId, "COMPLETED", true)).at(-1);
-    const runningBefore = summarise(await fal.queue.status(endpoint, { requestId: runningId }));
+    const runningBefore = summarise(await fal.queue.status(endpoint, { requestId: runningId, logs: true }));
     await fal.queue.cancel(endpoint, { requestId: runningId });
     const runningAfter = (await waitFor(endpoint, runningId, "COMPLETED", true)).at(-1);
     return {
