@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator
 
 Path = tuple[str | int, ...]
+MISSING: Any = object()  # a BadCase value that removes the field instead
 
 
 @dataclass(frozen=True)
@@ -31,7 +32,10 @@ class BadCase:
         target: Any = out
         for key in self.path[:-1]:
             target = target[key]
-        target[self.path[-1]] = self.value
+        if self.value is MISSING:
+            del target[self.path[-1]]
+        else:
+            target[self.path[-1]] = self.value
         return out
 
 
@@ -111,11 +115,13 @@ def _out_of_bounds(variant: dict[str, Any]) -> Iterator[tuple[str, Any]]:
 
 
 def bad_cases(schema: dict[str, Any], base: dict[str, Any]) -> list[BadCase]:
-    """Every invalid value for every property of the top-level `schema`, relative to payload `base`."""
+    """Every invalid value for every property of the top-level `schema`, relative to payload `base`,
+    and the absence of every required one."""
     defs = schema.get("$defs", {})
     cases: list[BadCase] = []
     for name, prop in schema.get("properties", {}).items():
         cases.extend(_walk(name, (name,), prop, defs, base.get(name)))
+    cases.extend(BadCase(name, (name,), MISSING, "missing") for name in schema.get("required", []))
     return cases
 
 

@@ -102,11 +102,6 @@ def scenario_submit(endpoint: str, arguments: dict[str, Any], webhook_url: str |
     return out
 
 
-def scenario_submit_only(endpoint: str, arguments: dict[str, Any], webhook_url: str | None = None) -> dict[str, Any]:
-    handle = fal_client.submit(endpoint, arguments=arguments, webhook_url=webhook_url)
-    return {"request_id": handle.request_id, "status_url": handle.status_url, "response_url": handle.response_url}
-
-
 def scenario_cancel(endpoint: str, long_arguments: dict[str, Any]) -> dict[str, Any]:
     """Occupy the worker with `running`, queue `queued` behind it, cancel both in turn.
 

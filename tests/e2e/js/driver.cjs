@@ -110,10 +110,6 @@ const scenarios = {
     return { ...out, request_id: requestId, statuses, status_without_logs: summarise(quiet) };
   },
 
-  async submit_only({ endpoint, input, webhook_url }) {
-    return await fal.queue.submit(endpoint, { input, webhookUrl: webhook_url });
-  },
-
   async stream_status({ endpoint, input }) {
     const { request_id: requestId } = await fal.queue.submit(endpoint, { input });
     const stream = await fal.queue.streamStatus(endpoint, { requestId, logs: true });
