@@ -35,7 +35,7 @@ serve: install
 	$(VENV)/bin/motionserve serve --host $(HOST) --port $(PORT) --data-dir $(DATA_DIR) --weights $(WEIGHTS)
 
 test: install js
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q --durations=25 $(PYTEST_ARGS)
 
 # Everything but the end-to-end tests (which start real server processes).
 test-fast: install
