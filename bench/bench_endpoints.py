@@ -10,8 +10,8 @@ For each endpoint, in one run, on the same weights and arguments:
     one warm-up request first (the model process loads its pipelines lazily).
 
 (a) and (b) alternate, `--repeats` times each, and medians are compared: `ratio` = e2e / bare (target
-<= 1.10). Peak memory: RSS high-water of the model process for (b) and of this process for (a) (CPU), or
-GPU memory (CUDA). For the AnimateDiff endpoints, 16 against 64 frames (64 uses FreeNoise context
+<= 1.10). Peak memory: RSS high-water of the model process for (b) and of this process for (a); on CUDA
+also GPU memory. For the AnimateDiff endpoints, 16 against 64 frames (64 uses FreeNoise context
 windows): `ratio_64_16` (target <= 4.4; 4.0 is linear). SVD-LCM always makes 25 frames: n/a.
 
     python bench/bench_endpoints.py --endpoint {t2v,v2v,turbo,svd-lcm,all} [--size tiny|small|full]
@@ -54,9 +54,11 @@ DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) /
 class Run:
     seconds: float
     cpu: float
-    peak_mb: float | None
+    rss_mb: float | None
+    gpu_mb: float | None
     frames: Any = None  # bare: the pipeline's frames
     result: E2EResult | None = None  # e2e: what the service returned
+    model_cpu: float | None = None  # e2e: CPU seconds of the model process alone
 
 
 class Bench:
@@ -105,32 +107,29 @@ class Bench:
         if self.cuda:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
-        else:
-            reset_peak_rss(os.getpid())
+        reset_peak_rss(os.getpid())
         cpu, started = time.process_time(), time.perf_counter()
         frames = call_bare(self.pipe, request, self.device)
         if self.cuda:
             torch.cuda.synchronize()
         elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
-        peak = torch.cuda.max_memory_allocated() / 2**20 if self.cuda else peak_rss_mb(os.getpid())
-        return Run(elapsed, cpu, peak, frames=frames)
+        gpu = torch.cuda.max_memory_allocated() / 2**20 if self.cuda else None
+        return Run(elapsed, cpu, peak_rss_mb(os.getpid()), gpu, frames=frames)
 
     def e2e_once(self, request: Request) -> Run:
-        """One queue round trip: wall seconds, CPU seconds of every process involved, the model process's peak."""
+        """One queue round trip: wall seconds, CPU seconds of every process involved, the model process's peaks."""
         pid = self.server.model_pid()
         processes = [p for p in (pid, self.server.process.pid, os.getpid()) if p is not None]
-        cpu = cpu_seconds(processes)
         payload = self.payload(request)
-        if self.cuda:
-            with GpuMemorySampler(pid) as sampler:
-                result = self.client.run(self.case.endpoint_id, payload)
-            peak = sampler.peak_mb
-        else:
-            if pid is not None:
-                reset_peak_rss(pid)
+        if pid is not None:
+            reset_peak_rss(pid)
+        before = [cpu_seconds([p]) for p in processes]
+        with GpuMemorySampler(pid if self.cuda else None) as sampler:
             result = self.client.run(self.case.endpoint_id, payload)
-            peak = peak_rss_mb(pid) if pid is not None else None
-        return Run(result.seconds, cpu_seconds(processes) - cpu, peak, result=result)
+        used = [cpu_seconds([p]) - b for p, b in zip(processes, before)]
+        model_cpu = used[0] if pid is not None else None
+        return Run(result.seconds, sum(used), peak_rss_mb(pid) if pid is not None else None, sampler.peak_mb,
+                   result=result, model_cpu=model_cpu)
 
     def measure(self, request: Request, repeats: int, warm_up: bool) -> dict[str, Any]:
         if warm_up:
@@ -158,6 +157,8 @@ class Bench:
             "bare_cpu_s": median(r.cpu for r in bare_runs),
             "e2e_cpu_s": median(r.cpu for r in e2e_runs),
             "cpu_ratio": ratio(median(r.cpu for r in e2e_runs), median(r.cpu for r in bare_runs)),
+            "e2e_model_cpu_s": median(r.model_cpu for r in e2e_runs),
+            "e2e_service_cpu_s": median(_minus(r.cpu, r.model_cpu) for r in e2e_runs),  # server + client
             # Where e2e - bare goes: the handler's own extra work (fetch, decode, prompt weighting, MP4
             # encode, store) and the service around it (queue claim, polling, result and download).
             "handler_s": median(handler),
@@ -169,9 +170,14 @@ class Bench:
             "bare_runs_s": bare,
             "e2e_runs_s": e2e,
         }
-        memory = "peak_gpu_mb" if self.cuda else "peak_rss_mb"
-        figures[memory] = max((r.peak_mb for r in e2e_runs if r.peak_mb is not None), default=None)
-        figures[f"bare_{memory}"] = max((r.peak_mb for r in bare_runs if r.peak_mb is not None), default=None)
+        # Peaks: RSS high-water of the model process (e2e) and of this process (bare); on CUDA also GPU
+        # memory: nvidia-smi's view of the model process (context + PyTorch's reserved pool) and
+        # `max_memory_allocated` here (tensors only), so the two GPU figures are not like for like.
+        figures["peak_rss_mb"] = _max(r.rss_mb for r in e2e_runs)
+        figures["bare_peak_rss_mb"] = _max(r.rss_mb for r in bare_runs)
+        if self.cuda:
+            figures["peak_gpu_mb"] = _max(r.gpu_mb for r in e2e_runs)
+            figures["bare_peak_gpu_mb"] = _max(r.gpu_mb for r in bare_runs)
         if stages:
             figures["handler_stages_s"] = {k: median(v) for k, v in stages.items()}
         return figures
@@ -196,6 +202,10 @@ class Bench:
         started = time.perf_counter()
         encode_mp4(list(frames), fps=8)
         return time.perf_counter() - started
+
+
+def _max(values: Any) -> float | None:
+    return max((v for v in values if v is not None), default=None)
 
 
 def _minus(a: float | None, b: float | None) -> float | None:
@@ -227,14 +237,15 @@ def bench_endpoint(case: Case, args: argparse.Namespace, weights: _weights.Weigh
         if short is not figures:
             _print_line(case.key, "16 frames", short)
         _print_line(case.key, "64 frames", long)
-        memory = "peak_gpu_mb" if bench.cuda else "peak_rss_mb"
         figures.update({
             "t16_s": short["bare_s"], "t64_s": long["bare_s"], "ratio_64_16": ratio(long["bare_s"], short["bare_s"]),
             "e2e_t16_s": short["e2e_s"], "e2e_t64_s": long["e2e_s"],
             "e2e_ratio_64_16": ratio(long["e2e_s"], short["e2e_s"]),
-            f"{memory}_64": long[memory], f"bare_{memory}_64": long[f"bare_{memory}"],
             "frames_64": long["frames"], "e2e_frames_64": long["e2e_frames"],
         })
+        for memory in ("peak_rss_mb", "bare_peak_rss_mb", "peak_gpu_mb", "bare_peak_gpu_mb"):
+            if memory in long:
+                figures[f"{memory}_64"] = long[memory]
         print(f"[{case.key}] 64/16 frames: bare {_fmt(figures['ratio_64_16'])}x, "
               f"e2e {_fmt(figures['e2e_ratio_64_16'])}x (target <= {TARGET_RATIO_64_16}, linear = 4.0)", flush=True)
         return figures
@@ -249,11 +260,11 @@ def _fmt(value: Any) -> str:
 
 
 def _print_line(key: str, label: str, f: dict[str, Any]) -> None:
-    memory = f.get("peak_rss_mb", f.get("peak_gpu_mb"))
+    kind = "peak_gpu_mb" if "peak_gpu_mb" in f else "peak_rss_mb"
     print(f"[{key}] {label}: {f['frames']} frames  bare {_fmt(f['bare_s'])} s  e2e {_fmt(f['e2e_s'])} s  "
           f"ratio {_fmt(f['ratio'])} (target <= {TARGET_RATIO})  handler {_fmt(f['handler_s'])} s  "
           f"queue wait {_fmt(f['queue_wait_s'])} s  mp4 encode {_fmt(f['mp4_encode_s'])} s  "
-          f"peak {_fmt(memory)} MiB (bare {_fmt(f.get('bare_peak_rss_mb', f.get('bare_peak_gpu_mb')))})", flush=True)
+          f"cpu ratio {_fmt(f['cpu_ratio'])}  {kind} {_fmt(f[kind])} (bare {_fmt(f['bare_' + kind])})", flush=True)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
