@@ -37,14 +37,13 @@ def test_run_returns_a_playable_mp4_anyone_can_download(py_client: PyClient, ser
 
 
 def test_subscribe_reports_a_log_line_per_denoising_step(py_client: PyClient, server: Server) -> None:
-    args = {**SMALL_T2V, "num_inference_steps": 25, "num_frames": 16, "video_size": {"width": 128, "height": 128}}
-    out = py_client("subscribe", endpoint=T2V, arguments=args)
+    steps = 10
+    out = py_client("subscribe", endpoint=T2V, arguments={**SMALL_T2V, "num_inference_steps": steps})
 
     assert "result" in out, out
-    kinds = [u["status"] for u in out["updates"]]
-    assert kinds[-1] == "COMPLETED" and "IN_PROGRESS" in kinds
-    assert step_numbers(out["updates"][-1]["logs"]) == list(range(1, 26))
-    assert_playable(server, out["result"]["video"], frames=16, fps=8)
+    assert out["updates"][-1]["status"] == "COMPLETED"
+    assert step_numbers(out["updates"][-1]["logs"]) == list(range(1, steps + 1))
+    assert_playable(server, out["result"]["video"], frames=8, fps=8)
 
 
 def test_submit_then_status_and_result_by_handle_and_by_id(py_client: PyClient, server: Server) -> None:
