@@ -12,7 +12,7 @@ e.g. fal's default negative prompt ``(bad quality, worst quality:1.2)``.
 from __future__ import annotations
 
 from enum import Enum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, Field
 

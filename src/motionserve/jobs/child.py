@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import signal
-from multiprocessing.connection import Connection
 from typing import Any
 
 from motionserve.config import Settings

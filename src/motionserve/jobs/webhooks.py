@@ -12,18 +12,13 @@ any process running a dispatcher can send them.
 from __future__ import annotations
 
 import base64
-import functools
 import hashlib
 import logging
-import os
-import socket
-import ssl
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
-import certifi
 import httpx
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -31,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from motionserve.errors import FetchError
 from motionserve.jobs.models import PendingWebhook
 from motionserve.jobs.webhook_payload import fal_webhook_payload, webhook_body
-from motionserve.storage.addresses import is_public_address, parse_ip
+from motionserve.storage.fetch import checked_addresses, tls_context
 
 if TYPE_CHECKING:
     from motionserve.jobs.store import Store
@@ -150,31 +145,9 @@ def resolve_webhook_target(url: str, allow_private: bool) -> _Target:
     if allow_private:
         return _Target(parsed, {}, {})
     host = parsed.raw_host.decode("ascii")
-    literal = parse_ip(host)
-    if literal is not None:
-        addresses = [literal]
-    else:
-        try:
-            infos = socket.getaddrinfo(host, parsed.port or 443, type=socket.SOCK_STREAM)
-        except (OSError, UnicodeError) as exc:
-            raise FetchError(f"could not resolve webhook host {host!r}") from exc
-        addresses = [a for a in (parse_ip(str(info[4][0])) for info in infos) if a is not None]
-        if not addresses:
-            raise FetchError(f"could not resolve webhook host {host!r}")
-    for address in addresses:
-        if not is_public_address(address):
-            raise FetchError(f"webhook host {host!r} resolves to {address}, a loopback, private or non-public address")
+    addresses = checked_addresses(host, parsed.port or (443 if parsed.scheme == "https" else 80))
     extensions = {"sni_hostname": host} if parsed.scheme == "https" else {}
     return _Target(parsed.copy_with(host=str(addresses[0])), {"Host": parsed.netloc.decode("ascii")}, extensions)
-
-
-@functools.lru_cache(maxsize=4)
-def _ssl_context(cafile: str | None, capath: str | None) -> ssl.SSLContext:
-    """Public CAs plus the operator's own (SSL_CERT_FILE / SSL_CERT_DIR), as for input fetches."""
-    context = ssl.create_default_context(cafile=certifi.where())
-    if cafile or capath:
-        context.load_verify_locations(cafile=cafile or None, capath=capath or None)
-    return context
 
 
 # -- delivery ------------------------------------------------------------------------------
@@ -215,7 +188,7 @@ class WebhookDispatcher:
         # One slow receiver (15 s timeout) must not hold up the others.
         self.store.signing_key()  # create it (once, race-safe) before the threads need it
         # trust_env=False: a proxy would make the address check meaningless (as for input fetches).
-        verify = _ssl_context(os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR"))
+        verify = tls_context()
         with httpx.Client(timeout=self.timeout, follow_redirects=False, trust_env=False, verify=verify) as client:
             with ThreadPoolExecutor(max_workers=min(self.concurrency, len(due))) as pool:
                 return sum(pool.map(lambda hook: self._deliver(client, hook), due))

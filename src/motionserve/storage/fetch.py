@@ -201,7 +201,7 @@ async def _fetch_http(
         async with asyncio.timeout(timeout_s):
             async with httpx.AsyncClient(
                 trust_env=False,
-                verify=_ssl_context(os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR")),
+                verify=tls_context(),
                 follow_redirects=False,
                 timeout=httpx.Timeout(timeout_s),
                 headers={"User-Agent": _USER_AGENT},
@@ -266,18 +266,28 @@ def _parse_http_url(url: str) -> httpx.URL:
 
 
 async def _checked_addresses(host: str, port: int, resolver: Resolver, address_ok: AddressCheck) -> list[IPAddress]:
+    """`checked_addresses` off the event loop (getaddrinfo blocks)."""
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(_DNS_POOL, checked_addresses, host, port, resolver, address_ok)
+
+
+def checked_addresses(
+    host: str, port: int, resolver: Resolver | None = None, address_ok: AddressCheck | None = None
+) -> list[IPAddress]:
     """Resolve `host` and return its addresses, in resolver order, if every one of them is allowed.
 
     All addresses are checked, not just the one used: a name answering both a public and a private
-    address is refused, since which one a client ends up on is not ours to predict.
+    address is refused, since which one a client ends up on is not ours to predict. The defaults are
+    the system resolver and "public addresses only". Used for input fetches and webhook targets alike.
     """
+    resolver = resolver or _getaddrinfo
+    address_ok = address_ok or _default_policy(False)
     literal = parse_ip(host)
     if literal is not None:
         addresses = [literal]
     else:
-        loop = asyncio.get_running_loop()
         try:
-            names = await loop.run_in_executor(_DNS_POOL, resolver, host, port)
+            names = resolver(host, port)
         except (OSError, UnicodeError) as exc:
             raise FetchError(f"could not resolve host '{host}'") from exc
         addresses = [a for a in (parse_ip(n) for n in names) if a is not None]
@@ -290,6 +300,11 @@ async def _checked_addresses(host: str, port: int, resolver: Resolver, address_o
                 " otherwise non-public address"
             )
     return addresses
+
+
+def tls_context() -> ssl.SSLContext:
+    """The TLS trust for outgoing requests (input fetches, webhooks): public CAs plus the operator's own."""
+    return _ssl_context(os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR"))
 
 
 @functools.lru_cache(maxsize=4)
