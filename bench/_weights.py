@@ -152,23 +152,25 @@ def _read(size: str, map_path: Path) -> Weights:
     return Weights(size, map_path.resolve(), paths)
 
 
-def build(spec: Spec, out: Path, *, tokenizer_dir: Path, device: str = "cpu") -> None:
-    """Write every checkpoint of `spec` under `out` (fp16 when built on a GPU) and the weights map."""
+def build(spec: Spec, out: Path, *, tokenizer_dir: Path, device: str = "cpu", dtype: Any = None) -> None:
+    """Write every checkpoint of `spec` under `out` and the weights map; fp16 by default when built on a GPU."""
     import torch
     from transformers import CLIPTokenizer
 
-    dtype = torch.float16 if device.startswith("cuda") else torch.float32
+    if dtype is None:
+        dtype = torch.float16 if device.startswith("cuda") else torch.float32
     tokenizer = CLIPTokenizer.from_pretrained(tokenizer_dir)
-    # Initialising billions of parameters is much faster on the GPU; the values are random either way.
-    with torch.random.fork_rng(devices=[]), torch.device(device):
+    with torch.random.fork_rng(devices=[]):
         torch.manual_seed(SEED)
-        unet, vae, text_encoder = (_on_cpu(m, dtype) for m in (_unet(spec), _vae(spec), _text_encoder(spec, tokenizer)))
+        unet = _built(device, dtype, lambda: _unet(spec))
+        vae = _built(device, dtype, lambda: _vae(spec))
+        text_encoder = _built(device, dtype, lambda: _text_encoder(spec, tokenizer))
         _save_sd15(out / "sd15", unet, vae, text_encoder, tokenizer)
-        _on_cpu(_adapter(spec), dtype).save_pretrained(out / "motion-adapter")
-        _on_cpu(_adapter(spec), dtype).save_pretrained(out / "animatelcm-adapter")
+        for folder in ("motion-adapter", "animatelcm-adapter"):
+            _built(device, dtype, lambda: _adapter(spec)).save_pretrained(out / folder)
         _save_lcm_lora(unet, spec.lcm_lora_rank, out / "animatelcm")
         del unet, vae, text_encoder
-        _save_svd(spec, out, dtype)
+        _save_svd(spec, out, device, dtype)
     weights = {
         "sd15_base": "./sd15",
         "motion_adapter": "./motion-adapter",
@@ -180,7 +182,15 @@ def build(spec: Spec, out: Path, *, tokenizer_dir: Path, device: str = "cpu") ->
     (out / MAP_FILE).write_text(json.dumps(weights, indent=2))
 
 
-def _on_cpu(model: Any, dtype: Any) -> Any:
+def _built(device: str, dtype: Any, make: Any) -> Any:
+    """`make()` with its parameters initialised on `device`, returned on the CPU in `dtype` for saving.
+
+    Initialising billions of random parameters is much faster on a GPU; the values do not matter.
+    """
+    import torch
+
+    with torch.device(device):
+        model = make()
     return model.to(device="cpu", dtype=dtype)
 
 
@@ -233,12 +243,12 @@ def _save_lcm_lora(unet: Any, rank: int, folder: Path) -> None:
 
     config = LoraConfig(r=rank, lora_alpha=rank, target_modules=["to_q", "to_k", "to_v", "to_out.0"],
                         init_lora_weights="gaussian")
-    lora_unet = inject_adapter_in_model(config, unet)
+    lora_unet = inject_adapter_in_model(config, unet.float())  # fp32: random init of fp16 on a CPU is patchy
     state = convert_state_dict_to_diffusers(get_peft_model_state_dict(lora_unet))
     StableDiffusionPipeline.save_lora_weights(folder, unet_lora_layers=state, weight_name=LCM_LORA_FILE)
 
 
-def _save_svd(spec: Spec, out: Path, dtype: Any) -> None:
+def _save_svd(spec: Spec, out: Path, device: str, dtype: Any) -> None:
     from diffusers import AutoencoderKLTemporalDecoder, EulerDiscreteScheduler, StableVideoDiffusionPipeline
     from diffusers import UNetSpatioTemporalConditionModel
     from safetensors.torch import save_file
@@ -246,10 +256,10 @@ def _save_svd(spec: Spec, out: Path, dtype: Any) -> None:
 
     from motionserve.inference.tiny_svd import EULER_CONFIG
 
-    unet = _on_cpu(UNetSpatioTemporalConditionModel(**spec.svd_unet), dtype)
+    unet = _built(device, dtype, lambda: UNetSpatioTemporalConditionModel(**spec.svd_unet))
     pipe = StableVideoDiffusionPipeline(
-        vae=_on_cpu(AutoencoderKLTemporalDecoder(**spec.svd_vae), dtype),
-        image_encoder=_on_cpu(CLIPVisionModelWithProjection(CLIPVisionConfig(**spec.svd_image)), dtype),
+        vae=_built(device, dtype, lambda: AutoencoderKLTemporalDecoder(**spec.svd_vae)),
+        image_encoder=_built(device, dtype, lambda: CLIPVisionModelWithProjection(CLIPVisionConfig(**spec.svd_image))),
         unet=unet,
         scheduler=EulerDiscreteScheduler.from_config(EULER_CONFIG),
         feature_extractor=CLIPImageProcessor(crop_size=224, size=224),

@@ -285,6 +285,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.device == "cuda":
         args.device = "cuda:0"
+    if args.size == "full" and not args.device.startswith("cuda") and not args.check_full_configs:
+        parser.error("--size full needs --device cuda: its ~4 billion parameters would take hours per call on a CPU "
+                     "(use --check-full-configs to check the full-size configs without a GPU)")
     return args
 
 
