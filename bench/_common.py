@@ -29,7 +29,6 @@ if str(REPO) not in sys.path:
 from tests.e2e.server import ManagedProcess, base_env, free_port  # noqa: E402
 
 STARTUP_TIMEOUT_S = 180.0
-MB = 1024 * 1024
 
 
 # ---- the server -------------------------------------------------------------------------------------
