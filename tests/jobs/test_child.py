@@ -67,3 +67,23 @@ def test_exit_descriptions(tmp_path: Path) -> None:
         assert crashed.exit_description() == "model process exited with code 1"
     finally:
         crashed.kill()
+
+
+def test_cpu_model_process_keeps_freed_memory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """glibc's allocator settings reach the CPU model process (they avoid re-faulting big tensors)."""
+    from motionserve.jobs.child import CPU_MALLOC_ENV
+
+    for name in CPU_MALLOC_ENV:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MALLOC_TOP_PAD_", "12345")  # an operator's own value wins
+    child = ModelProcess(Settings(data_dir=tmp_path), "cpu", str(tmp_path), "jobs_fake_registry")
+    try:
+        while not child.poll_ready(1.0):
+            pass
+        raw = Path(f"/proc/{child.pid}/environ").read_bytes().split(b"\0")
+        environ = dict(item.decode().split("=", 1) for item in raw if b"=" in item)
+        assert environ["MALLOC_MMAP_THRESHOLD_"] == CPU_MALLOC_ENV["MALLOC_MMAP_THRESHOLD_"]
+        assert environ["MALLOC_TRIM_THRESHOLD_"] == CPU_MALLOC_ENV["MALLOC_TRIM_THRESHOLD_"]
+        assert environ["MALLOC_TOP_PAD_"] == "12345"
+    finally:
+        child.kill()
