@@ -28,6 +28,7 @@ import gc
 import io
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -269,7 +270,7 @@ def _print_line(key: str, label: str, f: dict[str, Any]) -> None:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--endpoint", choices=[*CASES, "all"], default="all")
+    parser.add_argument("--endpoint", default="all", help=f"{', '.join(CASES)}, a comma-separated list, or all")
     parser.add_argument("--size", choices=["tiny", "small", "full"], default="tiny")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per form for the default request")
     parser.add_argument("--repeats-64", type=int, default=1, help="timed runs per form for the 16/64-frame pair")
@@ -283,6 +284,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--check-full-configs", action="store_true",
                         help="only count the full-size models' parameters on the meta device and exit")
     args = parser.parse_args(argv)
+    args.endpoints = list(CASES) if args.endpoint == "all" else [k.strip() for k in args.endpoint.split(",") if k.strip()]
+    if not args.endpoints or any(k not in CASES for k in args.endpoints):
+        parser.error(f"--endpoint must be one or more of {', '.join(CASES)} (comma-separated), or all")
     if args.device == "cuda":
         args.device = "cuda:0"
     if args.size == "full" and not args.device.startswith("cuda") and not args.check_full_configs:
@@ -312,18 +316,20 @@ def main(argv: list[str] | None = None) -> int:
     machine = machine_info(args.device)
     weights = _weights.prepare(args.size, args.cache_dir, build_device=args.device)
     print(f"weights: {args.size} ({weights.map_path}); device {args.device}; repeats {args.repeats}", flush=True)
-    keys = list(CASES) if args.endpoint == "all" else [args.endpoint]
     results: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory(prefix="motionserve-bench-") as tmp:
-        for key in keys:
-            endpoint_started = time.perf_counter()
-            try:
-                results[key] = bench_endpoint(CASES[key], args, weights, Path(tmp))
-            except Exception as exc:  # one endpoint failing still reports the others
-                traceback.print_exc()
-                print(f"[{key}] FAILED: {exc!r}", flush=True)
-                results[key] = {"error": repr(exc)[:2000]}
-            results[key]["wall_s"] = time.perf_counter() - endpoint_started
+    for key in args.endpoints:
+        endpoint_started = time.perf_counter()
+        try:
+            if len(args.endpoints) == 1:
+                with tempfile.TemporaryDirectory(prefix="motionserve-bench-") as tmp:
+                    results[key] = bench_endpoint(CASES[key], args, weights, Path(tmp))
+            else:
+                results[key] = _in_fresh_process(key, argv)
+        except Exception as exc:  # one endpoint failing still reports the others
+            traceback.print_exc()
+            print(f"[{key}] FAILED: {exc!r}", flush=True)
+            results[key] = {"error": repr(exc)[:2000]}
+        results[key]["wall_s"] = time.perf_counter() - endpoint_started
     machine["loadavg_1m_end"] = round(os.getloadavg()[0], 2)
     machine["wall_s"] = round(time.perf_counter() - started, 1)
     summary = {**results, "machine": machine, "size": args.size, "repeats": args.repeats, "steps": args.steps or "default",
@@ -331,6 +337,33 @@ def main(argv: list[str] | None = None) -> int:
                "targets": {"ratio": TARGET_RATIO, "ratio_64_16": TARGET_RATIO_64_16}}
     print(json.dumps(rounded(summary)))
     return 1 if any("error" in r for r in results.values()) else 0
+
+
+def _in_fresh_process(key: str, argv: list[str] | None) -> dict[str, Any]:
+    """Benchmark one endpoint in a new process, as each gets a new server: the bare side then starts from
+    the same clean state (heap, allocator, thread pools) as the model process it is compared with."""
+    own = list(sys.argv[1:] if argv is None else argv)
+    kept: list[str] = []
+    skip = False
+    for arg in own:
+        if skip:
+            skip = False
+        elif arg == "--endpoint":
+            skip = True
+        elif not arg.startswith("--endpoint="):
+            kept.append(arg)
+    proc = subprocess.Popen([sys.executable, __file__, *kept, "--endpoint", key], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    last = ""
+    for line in proc.stdout:
+        if last:
+            print(last, end="", flush=True)  # everything but the child's JSON line
+        last = line
+    proc.wait()
+    try:
+        return dict(json.loads(last)[key])
+    except (ValueError, KeyError) as exc:
+        raise RuntimeError(f"the run for {key} exited with {proc.returncode} and no figures") from exc
 
 
 if __name__ == "__main__":
