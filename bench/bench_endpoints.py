@@ -305,6 +305,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({"full_configs": report, "ok": ok}))
         return 0 if ok else 1
 
+    if not args.device.startswith("cuda"):
+        _same_allocator_as_model_process(argv)
     started = time.perf_counter()
     if args.threads:
         # Before torch starts its thread pools here, and inherited by the server and its model process.
@@ -337,6 +339,24 @@ def main(argv: list[str] | None = None) -> int:
                "targets": {"ratio": TARGET_RATIO, "ratio_64_16": TARGET_RATIO_64_16}}
     print(json.dumps(rounded(summary)))
     return 1 if any("error" in r for r in results.values()) else 0
+
+
+def _same_allocator_as_model_process(argv: list[str] | None) -> None:
+    """Re-run this script under the glibc malloc settings the server gives its CPU model process.
+
+    glibc reads them only at start-up, and they change a CPU call's speed severalfold (freed activations
+    are kept rather than faulted in again), so the bare side must have them too to be comparable.
+    """
+    try:
+        from motionserve.jobs.child import CPU_MALLOC_ENV
+    except ImportError:  # a server without them: nothing to match
+        return
+    if all(os.environ.get(name) is not None for name in CPU_MALLOC_ENV):
+        return
+    for name, value in CPU_MALLOC_ENV.items():
+        os.environ.setdefault(name, value)  # an operator's own value wins, as in the server
+    sys.stdout.flush()
+    os.execv(sys.executable, [sys.executable, os.path.abspath(__file__), *(sys.argv[1:] if argv is None else argv)])
 
 
 def _in_fresh_process(key: str, argv: list[str] | None) -> dict[str, Any]:
