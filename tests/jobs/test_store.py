@@ -160,6 +160,17 @@ def test_release_requeues_without_counting_attempt(store: Store) -> None:
     assert back.state is JobState.QUEUED and back.attempts == 0 and back.worker_id is None  # type: ignore[union-attr]
 
 
+def test_release_of_a_job_being_cancelled_cancels_it(store: Store) -> None:
+    """A worker shutting down mid-cancel must not hand the job to another worker (found by the state machine)."""
+    job = submit(store)
+    store.claim("w", 30)
+    assert store.request_cancel(job.id) is CancelOutcome.REQUESTED
+    assert store.release(job.id, "w")
+    gone = store.get(job.id)
+    assert gone.state is JobState.CANCELLED and gone.error["status_code"] == 499  # type: ignore[union-attr,index]
+    assert store.claim("w2", 30) is None
+
+
 def test_logs_are_numbered_and_paged(store: Store, clock) -> None:  # type: ignore[no-untyped-def]
     job = submit(store)
     store.append_logs(job.id, [("INFO", "step 1/2"), ("INFO", "step 2/2", clock.now - 1)])

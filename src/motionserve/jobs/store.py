@@ -301,9 +301,20 @@ class Store(KeysMixin, WebhookQueueMixin):
     def release(self, job_id: str, worker_id: str) -> bool:
         """Put a job this worker holds back in the queue (worker shutting down); it keeps its place.
 
-        The attempt is not counted: the job did not fail, its worker was asked to stop.
+        The attempt is not counted: the job did not fail, its worker was asked to stop. A job whose
+        owner asked to cancel it is cancelled instead: it must not run again on another worker.
         """
+        held = [jobs.c.worker_id == worker_id]
         with self._write() as conn:
+            if self._transition(
+                conn,
+                job_id,
+                JobState.RUNNING,
+                JobState.CANCELLED,
+                values={"error": CANCELLED_ERROR},
+                guards=[*held, jobs.c.cancel_requested.is_(True)],
+            ):
+                return True
             return self._transition(
                 conn,
                 job_id,
@@ -315,7 +326,7 @@ class Store(KeysMixin, WebhookQueueMixin):
                     "started_at": None,
                     "attempts": case((jobs.c.attempts > 0, jobs.c.attempts - 1), else_=0),
                 },
-                guards=[jobs.c.worker_id == worker_id],
+                guards=held,
             )
 
     def reclaim_expired(self, max_attempts: int) -> int:
