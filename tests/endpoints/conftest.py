@@ -131,6 +131,20 @@ class RecordingContext:
         return [m for m in self.logs if m.startswith("step ")]
 
 
+@pytest.fixture(scope="module")
+def models(tiny_models: Any) -> Any:
+    return tiny_models
+
+
+@pytest.fixture(scope="module")
+def new_ctx(tiny_models: Any, tmp_path_factory: pytest.TempPathFactory) -> Callable[..., RecordingContext]:
+    def make(max_frames: int = 128) -> RecordingContext:
+        # A folder per context: a context names its outputs by their index within it.
+        return RecordingContext(tiny_models, tmp_path_factory.mktemp("out"), max_frames=max_frames)
+
+    return make
+
+
 @pytest.fixture
 def ctx(tiny_models: Any, tmp_path: Path) -> RecordingContext:
     return RecordingContext(tiny_models, tmp_path)

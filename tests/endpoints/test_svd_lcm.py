@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import io
 import os
-from typing import Any, Callable
+from typing import Any
 
 import av
 import numpy as np
@@ -31,20 +31,6 @@ def small_working_size() -> Any:
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(svd_lcm, "WORKING_SIZE", SMALL)
         yield
-
-
-@pytest.fixture(scope="module")
-def models(tiny_models: Any) -> Any:
-    return tiny_models
-
-
-@pytest.fixture(scope="module")
-def new_ctx(tiny_models: Any, tmp_path_factory: pytest.TempPathFactory) -> Callable[..., RecordingContext]:
-    def make(max_frames: int = 128) -> RecordingContext:
-        # A folder per context: a context names its outputs by their index within it.
-        return RecordingContext(tiny_models, tmp_path_factory.mktemp("out"), max_frames=max_frames)
-
-    return make
 
 
 def make_ctx(new_ctx: Any, image: bytes | None = None) -> RecordingContext:

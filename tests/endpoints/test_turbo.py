@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import av
 import numpy as np
@@ -33,20 +33,6 @@ def small_working_area() -> Any:
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(turbo, "WORKING_AREA", 64 * 48)
         yield
-
-
-@pytest.fixture(scope="module")
-def models(tiny_models: Any) -> Any:
-    return tiny_models
-
-
-@pytest.fixture(scope="module")
-def new_ctx(tiny_models: Any, tmp_path_factory: pytest.TempPathFactory) -> Callable[..., RecordingContext]:
-    def make(max_frames: int = 128) -> RecordingContext:
-        # A folder per context: a context names its outputs by their index within it.
-        return RecordingContext(tiny_models, tmp_path_factory.mktemp("out"), max_frames=max_frames)
-
-    return make
 
 
 @pytest.fixture(scope="module")
