@@ -174,6 +174,20 @@ def make_png(width: int = 64, height: int = 48, pattern: str = "quadrants", *, m
     return make_image("PNG", width, height, pattern, mode=mode)
 
 
+def decode_mp4(data: bytes) -> dict:
+    """An encoded video's codec, pixel format, rate, size and decoded RGB frames, for assertions."""
+    with av.open(io.BytesIO(data)) as container:
+        stream = container.streams.video[0]
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
+        return {
+            "codec": stream.codec_context.name,
+            "pix_fmt": stream.codec_context.pix_fmt,
+            "fps": float(stream.average_rate),
+            "size": (stream.codec_context.width, stream.codec_context.height),
+            "frames": frames,
+        }
+
+
 def random_bytes(size: int = 4096, seed: int = 0) -> bytes:
     return random.Random(seed).randbytes(size)
 

@@ -7,11 +7,9 @@ second on a CPU; `working_size` itself is tested at the real defaults. A full-si
 
 from __future__ import annotations
 
-import io
 import os
 from typing import Any
 
-import av
 import numpy as np
 import pytest
 from PIL import Image
@@ -20,7 +18,7 @@ from motionserve.endpoints import svd_lcm
 from motionserve.endpoints.base import Limits
 from motionserve.errors import InputValidationError, JobCancelledError
 from tests.endpoints.conftest import RecordingContext, visibly_different
-from tests.media import make_png
+from tests.media import decode_mp4, make_png
 
 IMAGE_URL = "https://images.test/input.png"
 SMALL = (64, 32)
@@ -45,19 +43,6 @@ def run(new_ctx: Any, image: bytes | None = None, **fields: Any) -> tuple[svd_lc
     return svd_lcm.run(inputs, ctx), ctx
 
 
-def probe(data: bytes) -> dict[str, Any]:
-    with av.open(io.BytesIO(data)) as container:
-        stream = container.streams.video[0]
-        frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
-        return {
-            "codec": stream.codec_context.name,
-            "pix_fmt": stream.codec_context.pix_fmt,
-            "fps": float(stream.average_rate),
-            "size": (stream.codec_context.width, stream.codec_context.height),
-            "frames": frames,
-        }
-
-
 @pytest.fixture(scope="module")
 def baseline(new_ctx: Any) -> tuple[svd_lcm.Output, np.ndarray]:
     """The seed-42 request and the frames it encoded (compared bit-exactly: MP4 bytes may vary, see conftest)."""
@@ -70,7 +55,7 @@ def baseline(new_ctx: Any) -> tuple[svd_lcm.Output, np.ndarray]:
 
 def test_default_request_is_a_25_frame_h264_mp4(new_ctx: Any) -> None:
     output, ctx = run(new_ctx, seed=42)
-    info = probe(ctx.output_bytes(output.video))
+    info = decode_mp4(ctx.output_bytes(output.video))
     assert len(info["frames"]) == 25
     assert info["size"] == SMALL
     assert info["fps"] == pytest.approx(10)
@@ -99,7 +84,7 @@ def test_each_input_changes_the_video(new_ctx: Any, baseline: tuple[svd_lcm.Outp
     _, frames = baseline
     output, ctx = run(new_ctx, seed=42, **{field: value})
     data = ctx.output_bytes(output.video)
-    info = probe(data)
+    info = decode_mp4(data)
     assert len(info["frames"]) == 25
     if field == "fps":
         assert info["fps"] == pytest.approx(5)  # the MP4 plays at the requested rate...
@@ -182,7 +167,7 @@ def test_fit_image_centre_crops_without_squashing() -> None:
 @pytest.mark.parametrize("image_size, video_size", [((48, 96), (32, 64)), ((80, 80), (48, 48))])
 def test_portrait_and_square_inputs(new_ctx: Any, image_size: tuple[int, int], video_size: tuple[int, int]) -> None:
     output, ctx = run(new_ctx, make_png(*image_size, pattern="quadrants"), seed=1, steps=1)
-    info = probe(ctx.output_bytes(output.video))
+    info = decode_mp4(ctx.output_bytes(output.video))
     assert info["size"] == video_size
     assert len(info["frames"]) == 25
 
@@ -247,5 +232,5 @@ def test_default_size_1024x576(new_ctx: Any) -> None:
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(svd_lcm, "WORKING_SIZE", (1024, 576))
         output, ctx = run(new_ctx, make_png(1280, 720, pattern="gradient"), seed=3)
-    info = probe(ctx.output_bytes(output.video))
+    info = decode_mp4(ctx.output_bytes(output.video))
     assert info["size"] == (1024, 576) and len(info["frames"]) == 25

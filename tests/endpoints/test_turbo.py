@@ -5,11 +5,9 @@ The working area is shrunk (512×512 -> 64×48 pixels) so a request takes about 
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Any
 
-import av
 import numpy as np
 import pytest
 import torch
@@ -19,7 +17,7 @@ from motionserve.endpoints import turbo
 from motionserve.endpoints.base import Limits
 from motionserve.errors import InputValidationError, JobCancelledError
 from tests.endpoints.conftest import RecordingContext, visibly_different
-from tests.media import make_png, make_video
+from tests.media import decode_mp4, make_png, make_video
 
 VIDEO_URL = "https://videos.test/input.mp4"
 LORA_URL = "https://loras.test/style.safetensors"
@@ -51,21 +49,8 @@ def run(new_ctx: Any, *, video: bytes | None = None, max_frames: int = 128, ctx:
     return turbo.run(inputs, ctx), ctx
 
 
-def probe(data: bytes) -> dict[str, Any]:
-    with av.open(io.BytesIO(data)) as container:
-        stream = container.streams.video[0]
-        frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
-        return {
-            "codec": stream.codec_context.name,
-            "pix_fmt": stream.codec_context.pix_fmt,
-            "fps": float(stream.average_rate),
-            "size": (stream.codec_context.width, stream.codec_context.height),
-            "frames": frames,
-        }
-
-
 def pixels(data: bytes) -> np.ndarray:
-    return np.stack(probe(data)["frames"]).astype(np.int16)
+    return np.stack(decode_mp4(data)["frames"]).astype(np.int16)
 
 
 def user_adapters(models: Any) -> list[str]:
@@ -87,7 +72,7 @@ def baseline(new_ctx: Any) -> np.ndarray:
 def test_default_request_is_an_h264_mp4_of_every_second_frame(new_ctx: Any) -> None:
     output, ctx = run(new_ctx, seed=7)
     data = ctx.output_bytes(output.video)
-    info = probe(data)
+    info = decode_mp4(data)
     assert len(info["frames"]) == 6  # 12 source frames, every 2nd
     assert info["fps"] == pytest.approx(4)  # 8 fps / 2: same duration as the source
     assert info["size"] == (64, 48)
@@ -110,7 +95,7 @@ def test_seed_is_reproducible(new_ctx: Any, baseline: np.ndarray) -> None:
 @pytest.mark.parametrize("n, frames, fps", [(1, 12, 8.0), (3, 4, 8 / 3)])
 def test_select_every_nth_frame_sets_frame_count_and_rate(new_ctx: Any, n: int, frames: int, fps: float) -> None:
     output, ctx = run(new_ctx, **QUICK, select_every_nth_frame=n)
-    info = probe(ctx.output_bytes(output.video))
+    info = decode_mp4(ctx.output_bytes(output.video))
     assert len(info["frames"]) == frames
     assert info["fps"] == pytest.approx(fps, rel=1e-3)
 
@@ -153,7 +138,7 @@ def test_equivalent_to_plain_diffusers_pipeline(new_ctx: Any, models: Any) -> No
 
 def test_long_clip_uses_context_windows_then_later_requests_do_not(new_ctx: Any, baseline: np.ndarray) -> None:
     output, ctx = run(new_ctx, video=source_video(70), **QUICK)
-    info = probe(ctx.output_bytes(output.video))
+    info = decode_mp4(ctx.output_bytes(output.video))
     assert len(info["frames"]) == 35  # beyond the motion modules' 32 frames
     assert any("context windows" in m for m in ctx.logs)
     # The shared pipeline is back to plain motion modules: a short clip gives the same video as before.
@@ -165,7 +150,7 @@ def test_real_working_area_keeps_the_aspect_ratio(new_ctx: Any, monkeypatch: pyt
     monkeypatch.setattr(turbo, "WORKING_AREA", 512 * 512)  # the product value (this module shrinks it)
     video = make_video(width=96, height=54, fps=8, frames=4, pattern="gradient")
     output, ctx = run(new_ctx, video=video, **QUICK)
-    info = probe(ctx.output_bytes(output.video))
+    info = decode_mp4(ctx.output_bytes(output.video))
     assert info["size"] == (680, 384)  # 16:9 at about 512×512 pixels, sides multiples of 8
     assert len(info["frames"]) == 2
 
@@ -178,7 +163,7 @@ def test_more_frames_than_the_cap_is_422_naming_it(new_ctx: Any) -> None:
     assert "10" in error["msg"] and "max_frames" in error["msg"]
     # Sampling brings it under the cap: 12 frames, every 2nd = 6. Unseeded: a seed is drawn and reported.
     output, ctx = run(new_ctx, max_frames=10, num_inference_steps=4)
-    assert len(probe(ctx.output_bytes(output.video))["frames"]) == 6
+    assert len(decode_mp4(ctx.output_bytes(output.video))["frames"]) == 6
     assert isinstance(output.seed, int) and 0 <= output.seed < 2**32
 
 
@@ -226,7 +211,7 @@ def test_lora_on_the_motion_modules_does_not_break_later_long_clips(new_ctx: Any
     motion_lora = tiny_weights / "motion-loras" / "zoom-in" / "pytorch_lora_weights.safetensors"
     run(new_ctx, **QUICK, loras=[{"path": str(motion_lora)}])
     long_clip, ctx = run(new_ctx, video=source_video(70), **QUICK, loras=[{"path": str(motion_lora)}])
-    assert len(probe(ctx.output_bytes(long_clip.video))["frames"]) == 35
+    assert len(decode_mp4(ctx.output_bytes(long_clip.video))["frames"]) == 35
     run(new_ctx, video=source_video(70), **QUICK)
     again, ctx_again = run(new_ctx, **QUICK)
     assert np.array_equal(ctx_again.output_frames(again.video), baseline)
