@@ -1,26 +1,38 @@
-"""Operator settings: one object, read from flags and `MOTIONSERVE_*` environment variables. A leaf."""
+"""Operator settings: one object, read from flags and `MOTIONSERVE_*` environment variables. A leaf.
+
+Parsed by pydantic-settings: `MOTIONSERVE_<FIELD>` for every field, lists as comma-separated text.
+Values given to the constructor (CLI flags) win over the environment.
+"""
 
 from __future__ import annotations
 
-import dataclasses
-import os
-from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from pydantic import field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 MB = 1024 * 1024
 
 
-@dataclass(frozen=True)
-class Settings:
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MOTIONSERVE_", frozen=True, extra="ignore")
+
     host: str = "127.0.0.1"
     port: int = 8000
     data_dir: Path = Path("./data")
     database_url: str | None = None  # default: SQLite (WAL) in data_dir
+    # Where files live: None (local files in data_dir/files) or s3://bucket[/prefix] (endpoint and
+    # credentials from the standard AWS_* variables).
+    storage_url: str | None = None
+    # How /files/... answers for S3: "redirect" to a short-lived presigned URL, or "proxy" the bytes
+    # through the API node (when clients cannot reach the bucket).
+    file_delivery: Literal["redirect", "proxy"] = "redirect"
+    presigned_url_ttl_s: int = 3600
     tls_cert: Path | None = None
     tls_key: Path | None = None
     weights: str = "real"  # "real" | "tiny" | path to a JSON checkpoint map
-    devices: tuple[str, ...] | None = None  # None: every CUDA device, else ("cpu",)
+    devices: Annotated[tuple[str, ...] | None, NoDecode] = None  # None: every CUDA device, else ("cpu",)
     workers_in_process: bool = True  # `serve` runs a worker per device beside the API
     public_url: str | None = None  # base for file URLs when the request's own base is not reachable
     allow_private_urls: bool = False  # let inputs fetch loopback/private addresses
@@ -29,11 +41,25 @@ class Settings:
     max_upload_bytes: int = 5 * 1024 * MB
     max_frames: int = 128
     file_retention_s: int = 7 * 24 * 3600
+    job_retention_s: int = 7 * 24 * 3600  # finished jobs, their logs and webhook rows are deleted after this
     lease_s: float = 30.0
     max_attempts: int = 3
+    job_timeout_s: float = 3600.0  # longest a job may run on a worker; 0 for no limit
+    # A queued job older than this is claimed first, whatever pipelines a worker has warm.
+    warm_claim_max_wait_s: float = 30.0
+    drain_timeout_s: float = 10.0  # a stopping worker lets its job finish this long, then requeues it
     sync_run_timeout_s: float = 3600.0
     lora_dir: Path | None = None  # where user LoRAs given as local paths may come from; default data_dir/loras
     memory_budget_gb: float | None = None  # GPU memory for warm pipelines; None: the device's total
+    auto_migrate: bool = True  # upgrade the database schema on start
+    metrics_port: int | None = None  # `motionserve worker`: serve /metrics on this port
+
+    @field_validator("devices", mode="before")
+    @classmethod
+    def _split_devices(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(p.strip() for p in value.split(",") if p.strip()) or None
+        return value
 
     @property
     def resolved_database_url(self) -> str:
@@ -52,34 +78,6 @@ class Settings:
         return Path(self.data_dir) / "models"
 
     @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> "Settings":
+    def from_env(cls, **overrides: Any) -> "Settings":
         """Defaults, then `MOTIONSERVE_<FIELD>` variables, then explicit overrides (e.g. CLI flags)."""
-        environ = dict(os.environ if environ is None else environ)
-        values: dict[str, Any] = {}
-        for f in fields(cls):
-            raw = environ.get(f"MOTIONSERVE_{f.name.upper()}")
-            if raw is not None and raw != "":
-                values[f.name] = _parse(f, raw)
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        for name in ("data_dir", "tls_cert", "tls_key", "lora_dir"):
-            if isinstance(values.get(name), str):
-                values[name] = Path(values[name])
-        return cls(**values)
-
-    def replace(self, **changes: Any) -> "Settings":
-        return dataclasses.replace(self, **changes)
-
-
-def _parse(f: dataclasses.Field, raw: str) -> Any:
-    kind = str(f.type)
-    if "bool" in kind:
-        return raw.strip().lower() in ("1", "true", "yes", "on")
-    if "tuple" in kind:
-        return tuple(p.strip() for p in raw.split(",") if p.strip())
-    if kind.startswith("int"):
-        return int(raw)
-    if kind.startswith("float"):
-        return float(raw)
-    if "Path" in kind:
-        return Path(raw)
-    return raw
+        return cls(**{k: v for k, v in overrides.items() if v is not None})

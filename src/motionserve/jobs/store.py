@@ -17,7 +17,7 @@ from typing import Any, Callable, Collection, Iterable, Iterator, Sequence
 from sqlalchemy import Connection, and_, case, func, insert, or_, select, update
 from sqlalchemy.sql import ColumnElement
 
-from motionserve.jobs import schema
+from motionserve import database as schema
 from motionserve.jobs.models import (
     ALLOWED_TRANSITIONS,
     CancelOutcome,
@@ -26,7 +26,7 @@ from motionserve.jobs.models import (
     LogLine,
     error_dict,
 )
-from motionserve.jobs.schema import job_logs, jobs, row_to_job
+from motionserve.database import job_logs, jobs
 from motionserve.jobs.store_keys import KeysMixin
 from motionserve.jobs.store_webhooks import WebhookQueueMixin
 from motionserve.jobs.webhook_payload import webhook_body
@@ -360,3 +360,29 @@ class Store(KeysMixin, WebhookQueueMixin):
                     )
                 changed += ok
         return changed
+
+
+def row_to_job(row: Any) -> Job:
+    m = row._mapping
+    return Job(
+        id=m["id"],
+        owner=m["owner"],
+        endpoint_id=m["endpoint_id"],
+        input=m["input"],
+        state=JobState(m["state"]),
+        priority=m["priority"],
+        created_at=m["created_at"],
+        started_at=m["started_at"],
+        finished_at=m["finished_at"],
+        start_deadline=m["start_deadline"],
+        attempts=m["attempts"],
+        worker_id=m["worker_id"],
+        lease_expires_at=m["lease_expires_at"],
+        cancel_requested=bool(m["cancel_requested"]),
+        result=m["result"],
+        error=m["error"],
+        webhook_url=m["webhook_url"],
+        base_url=m["base_url"],
+        file_retention_s=m["file_retention_s"],
+        inference_time=m["inference_time"],
+    )

@@ -19,7 +19,7 @@ from sqlalchemy import Connection, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from motionserve.jobs.models import ApiKey
-from motionserve.jobs.schema import api_keys, signing_keys
+from motionserve.database import api_keys, signing_keys
 
 if TYPE_CHECKING:
     _Tx = Callable[[], AbstractContextManager[Connection]]

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from sqlalchemy import Connection, insert, select, update
 
 from motionserve.jobs.models import Job, PendingWebhook
-from motionserve.jobs.schema import webhooks
+from motionserve.database import webhooks
 
 MAX_WEBHOOK_ATTEMPTS = 10
 IN_FLIGHT_LEASE_S = 120.0  # > the 15 s delivery timeout, so a live dispatcher finishes first

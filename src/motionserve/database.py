@@ -1,4 +1,8 @@
-"""Tables and engine setup for the store: one SQLAlchemy Core schema for SQLite and PostgreSQL.
+"""The database: every table and the engine setup, one SQLAlchemy Core schema for SQLite and PostgreSQL.
+
+A leaf below `jobs` and `storage`: the job store and the file catalog both keep their rows here, so
+that any API node or worker reaches all shared state through one database. The schema's versions
+are Alembic migrations (`motionserve.migrations`); this module is always the newest version.
 
 SQLite is shared by several processes (the API server and `motionserve worker`s), so it runs in
 WAL mode with a busy timeout, and write transactions start with `BEGIN IMMEDIATE`: taking the
@@ -8,13 +12,16 @@ and one failing later with "database is locked" on upgrade.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     Column,
+    Connection,
     Double,
     Engine,
     ForeignKey,
@@ -30,8 +37,6 @@ from sqlalchemy import (
     event,
 )
 from sqlalchemy.engine import make_url
-
-from motionserve.jobs.models import Job, JobState
 
 WRITE_OPTION = "motionserve_write"  # execution option: this transaction writes
 SQLITE_BUSY_TIMEOUT_S = 30.0
@@ -63,7 +68,13 @@ jobs = Table(
     Column("base_url", Text, nullable=False),
     Column("file_retention_s", Integer),
     Column("inference_time", Double),
+    # When the row last changed (database clock): change watchers that poll (SQLite) read it.
+    Column("changed_at", Double),
+    Column("runner_hint", String(200)),  # X-Fal-Runner-Hint: prefer the worker that last ran it
+    Column("no_retry", Boolean, nullable=False, default=False),  # X-Fal-No-Retry
     Index("ix_jobs_queue", "state", "priority", "seq"),
+    Index("ix_jobs_changed", "changed_at"),
+    Index("ix_jobs_finished", "finished_at"),
 )
 
 job_logs = Table(
@@ -105,6 +116,7 @@ api_keys = Table(
     Column("secret_hash", LargeBinary, nullable=False),
     Column("created_at", Double, nullable=False),
     Column("revoked", Boolean, nullable=False, default=False),
+    Column("role", String(16), nullable=False, default="user", server_default="user"),  # admin | user
 )
 
 signing_keys = Table(
@@ -114,6 +126,59 @@ signing_keys = Table(
     Column("slot", Integer, primary_key=True, autoincrement=False),
     Column("private_key", LargeBinary, nullable=False),  # raw 32-byte Ed25519 seed
     Column("created_at", Double, nullable=False),
+)
+
+
+# Server-wide secrets every API node must agree on (e.g. the upload-token HMAC key), by name.
+server_secrets = Table(
+    "server_secrets",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("value", LargeBinary, nullable=False),
+    Column("created_at", Double, nullable=False),
+)
+
+# Stored files (uploads and outputs): the metadata, whichever backend holds the bytes.
+files = Table(
+    "files",
+    metadata,
+    Column("token", String(64), primary_key=True),
+    Column("file_name", String(200), nullable=False),
+    Column("content_type", String(200), nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("created_at", Double, nullable=False),
+    Column("expires_at", Double),
+    Column("kind", String(16), nullable=False, default="upload"),  # upload | output
+    Index("ix_files_expires", "expires_at"),
+)
+
+# Uploads in progress; the final token is reserved at the start, so the file URL is known early.
+uploads = Table(
+    "uploads",
+    metadata,
+    Column("upload_id", String(64), primary_key=True),
+    Column("token", String(64), nullable=False, unique=True),
+    Column("file_name", String(200), nullable=False),
+    Column("content_type", String(200), nullable=False),
+    Column("created_at", Double, nullable=False),
+    Column("expires_at", Double),
+    Column("backend_upload_id", Text),  # the S3 multipart UploadId; None for the local backend
+)
+
+# Every worker supervisor, local or remote: what /health and GET /workers show.
+workers = Table(
+    "workers",
+    metadata,
+    Column("id", String(200), primary_key=True),
+    Column("host", String(255), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("device", String(64), nullable=False),
+    Column("version", String(32), nullable=False),
+    Column("state", String(16), nullable=False),  # starting | idle | busy | draining | stopped
+    Column("warm", JSON),  # endpoint ids whose pipelines are loaded
+    Column("current_job", String(36)),
+    Column("started_at", Double, nullable=False),
+    Column("last_seen", Double, nullable=False),  # database clock
 )
 
 
@@ -157,27 +222,9 @@ def make_engine(url: str) -> Engine:
     return engine
 
 
-def row_to_job(row: Any) -> Job:
-    m = row._mapping
-    return Job(
-        id=m["id"],
-        owner=m["owner"],
-        endpoint_id=m["endpoint_id"],
-        input=m["input"],
-        state=JobState(m["state"]),
-        priority=m["priority"],
-        created_at=m["created_at"],
-        started_at=m["started_at"],
-        finished_at=m["finished_at"],
-        start_deadline=m["start_deadline"],
-        attempts=m["attempts"],
-        worker_id=m["worker_id"],
-        lease_expires_at=m["lease_expires_at"],
-        cancel_requested=bool(m["cancel_requested"]),
-        result=m["result"],
-        error=m["error"],
-        webhook_url=m["webhook_url"],
-        base_url=m["base_url"],
-        file_retention_s=m["file_retention_s"],
-        inference_time=m["inference_time"],
-    )
+def db_now(conn: Connection) -> float:
+    """The database's clock in epoch seconds. Leases and worker liveness are timed by it, so hosts
+    with skewed clocks agree. SQLite lives on one host: its clock is that host's."""
+    if conn.dialect.name == "postgresql":
+        return float(conn.exec_driver_sql("SELECT extract(epoch from clock_timestamp())::float8").scalar_one())
+    return time.time()
