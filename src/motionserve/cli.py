@@ -55,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     create = keys.add_parser("create", help="create a key; prints KEY_ID:SECRET alone on the last line")
     create.add_argument("--owner", default="default", help="who the key's requests belong to")
     create.add_argument("--label", default="", help="a note to recognise the key by")
+    create.add_argument("--admin", action="store_true", help="an admin key: may also read GET /workers and /metrics")
     _store_flags(create)
     _store_flags(keys.add_parser("list", help="list keys (never secrets)"))
     revoke = keys.add_parser("revoke", help="revoke a key")
@@ -89,14 +90,15 @@ def _keys(args: argparse.Namespace, settings: Settings) -> int:
     store = open_store(settings)
     try:
         if args.keys_command == "create":
-            key_id, secret = store.create_key(args.owner, args.label)
+            key_id, secret = store.create_key(args.owner, args.label, admin=args.admin)
             print(f"Created key {key_id} for owner {args.owner!r}. The secret is shown only once; use it as FAL_KEY:")
             print(f"{key_id}:{secret}")
         elif args.keys_command == "list":
             for key in store.list_keys():
                 created = datetime.fromtimestamp(key.created_at, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
                 state = "revoked" if key.revoked else "active"
-                print(f"{key.key_id}\t{key.owner}\t{state}\t{created}\t{key.label}")
+                role = "admin" if key.admin else "user"
+                print(f"{key.key_id}\t{key.owner}\t{role}\t{state}\t{created}\t{key.label}")
         elif args.keys_command == "revoke":
             if not store.revoke_key(args.key_id):
                 print(f"No such key: {args.key_id}", file=sys.stderr)

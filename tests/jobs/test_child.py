@@ -31,7 +31,7 @@ def test_model_process_exits_when_its_supervisor_dies(tmp_path: Path) -> None:
         from motionserve.config import Settings
         from motionserve.jobs.child import ModelProcess
         if __name__ == "__main__":
-            child = ModelProcess(Settings(data_dir={str(tmp_path)!r}), "cpu", {str(tmp_path)!r}, "jobs_fake_registry")
+            child = ModelProcess(Settings(data_dir={str(tmp_path)!r}), "cpu", "jobs_fake_registry")
             while not child.poll_ready(1.0):
                 pass
             print(child.pid, flush=True)
@@ -49,7 +49,7 @@ def test_model_process_exits_when_its_supervisor_dies(tmp_path: Path) -> None:
 
 
 def test_exit_descriptions(tmp_path: Path) -> None:
-    child = ModelProcess(Settings(data_dir=tmp_path), "cpu", str(tmp_path), "jobs_fake_registry")
+    child = ModelProcess(Settings(data_dir=tmp_path), "cpu", "jobs_fake_registry")
     try:
         while not child.poll_ready(1.0):
             pass
@@ -58,7 +58,7 @@ def test_exit_descriptions(tmp_path: Path) -> None:
         assert child.exit_description() == "model process exited with code -15 (signal SIGTERM)"
     finally:
         child.kill()
-    crashed = ModelProcess(Settings(data_dir=tmp_path), "cpu", str(tmp_path), "jobs_no_such_registry")
+    crashed = ModelProcess(Settings(data_dir=tmp_path), "cpu", "jobs_no_such_registry")
     try:
         with pytest.raises(ChildGone):
             while not crashed.poll_ready(1.0):
@@ -76,7 +76,7 @@ def test_cpu_model_process_keeps_freed_memory(tmp_path: Path, monkeypatch: pytes
     for name in CPU_MALLOC_ENV:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("MALLOC_TOP_PAD_", "12345")  # an operator's own value wins
-    child = ModelProcess(Settings(data_dir=tmp_path), "cpu", str(tmp_path), "jobs_fake_registry")
+    child = ModelProcess(Settings(data_dir=tmp_path), "cpu", "jobs_fake_registry")
     try:
         while not child.poll_ready(1.0):
             pass

@@ -74,6 +74,24 @@ def require_owner(
 OwnerDep = Annotated[str, Depends(require_owner)]
 
 
+def require_admin(
+    store: StoreDep,
+    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
+) -> str:
+    """The owner of an admin key in `Authorization`: 401 without a valid key, 403 for a user key."""
+    parsed = parse_key_header(authorization)
+    caller = store.authenticate(*parsed) if parsed is not None else None
+    if caller is None:
+        raise ApiError(401, "Missing or invalid API key: send 'Authorization: Key KEY_ID:SECRET'",
+                       headers={"WWW-Authenticate": "Key"})
+    if not caller.admin:
+        raise ApiError(403, "This route needs an admin key")
+    return caller.owner
+
+
+AdminDep = Annotated[str, Depends(require_admin)]
+
+
 def request_base_url(request: Request) -> str:
     """How this client reached us (scheme, host, port, any root path), without a trailing slash.
     Queue URLs and upload URLs are built on it: the client can evidently reach it."""

@@ -55,7 +55,7 @@ def ensure_admin_key(store: Any, data_dir: Path) -> Path | None:
     Only the path is logged: logs are read by more people than the operator."""
     if store.has_keys():
         return None
-    key_id, secret = store.create_key("admin", "created on first start")
+    key_id, secret = store.create_key("admin", "created on first start", admin=True)
     path = Path(data_dir) / ADMIN_KEY_FILE
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:

@@ -30,7 +30,7 @@ class ChildGone(Exception):
 
 
 class ModelProcess:
-    def __init__(self, settings: Settings, device: str, files_dir: str, registry_module: str = DEFAULT_REGISTRY) -> None:
+    def __init__(self, settings: Settings, device: str, registry_module: str = DEFAULT_REGISTRY) -> None:
         # spawn, never fork: a forked child would inherit the parent's CUDA state and threads.
         ctx = mp.get_context("spawn")
         self._conn, child_conn = ctx.Pipe(duplex=True)
@@ -39,7 +39,7 @@ class ModelProcess:
         # workers...). The child instead exits by itself when this process dies.
         self.process = ctx.Process(
             target=child_main,
-            args=(child_conn, self.cancel_event, settings, device, files_dir, registry_module),
+            args=(child_conn, self.cancel_event, settings, device, registry_module),
             name=f"motionserve-model-{device}",
             daemon=False,
         )

@@ -104,6 +104,14 @@ class ApiKey(NamedTuple):
     label: str
     created_at: float
     revoked: bool
+    admin: bool
+
+
+class Caller(NamedTuple):
+    """Who a request's API key belongs to."""
+
+    owner: str
+    admin: bool
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,6 @@ class JobContext:
         self,
         job: Job,
         settings: Settings,
-        files_dir: str,
         conn: Connection,
         cancel_event: Event,
         models: Callable[[], Any],
@@ -48,7 +47,6 @@ class JobContext:
         self.limits = Limits(max_frames=settings.max_frames)
         self._job = job
         self._settings = settings
-        self._files_dir = files_dir
         self._conn = conn
         self._cancel_event = cancel_event
         self._models = models
@@ -79,7 +77,7 @@ class JobContext:
                 timeout_s=self._settings.fetch_timeout_s,
                 allow_private=self._settings.allow_private_urls,
                 # Our own /files/... URLs are read from disk, not fetched over the network.
-                local_store=LocalFileStore(self._files_dir),
+                local_store=LocalFileStore(self._settings.files_dir),
                 own_base_urls=[b for b in (self._job.base_url, self._settings.public_url) if b],
             )
         except FetchError as exc:
@@ -89,7 +87,7 @@ class JobContext:
         from motionserve.storage.local import LocalFileStore
 
         retention = self._job.file_retention_s or self._settings.file_retention_s
-        stored = LocalFileStore(self._files_dir).put(
+        stored = LocalFileStore(self._settings.files_dir).put(
             data, content_type=content_type, file_name=file_name, expires_at=time.time() + retention
         )
         return File(
@@ -147,7 +145,6 @@ def child_main(
     cancel_event: Event,
     settings: Settings,
     device: str,
-    files_dir: str,
     registry_module: str = DEFAULT_REGISTRY,
 ) -> None:
     """Entry point of the model process (the target of a spawn-context Process)."""
@@ -167,7 +164,7 @@ def child_main(
         if isinstance(message, Shutdown):
             return
         if isinstance(message, RunJob):
-            ctx = JobContext(message.job, settings, files_dir, conn, cancel_event, models)
+            ctx = JobContext(message.job, settings, conn, cancel_event, models)
             try:
                 conn.send(run_job(message.job, registry, ctx))
             except (BrokenPipeError, EOFError, OSError):

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption,
 from sqlalchemy import Connection, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from motionserve.jobs.models import ApiKey
+from motionserve.jobs.models import ApiKey, Caller
 from motionserve.database import api_keys, signing_keys
 
 if TYPE_CHECKING:
@@ -38,10 +38,11 @@ class KeysMixin:
 
     # -- API keys ---------------------------------------------------------------------------
 
-    def create_key(self, owner: str, label: str = "") -> tuple[str, str]:
+    def create_key(self, owner: str, label: str = "", *, admin: bool = False) -> tuple[str, str]:
         """A new key; the secret is returned once and only its salted hash is stored.
 
         Clients send it as `Authorization: Key <key_id>:<secret>` (FAL_KEY="<key_id>:<secret>").
+        Admin keys may also read the fleet's state (`GET /workers`, `/metrics`).
         """
         key_id = str(uuid.uuid4())
         secret = secrets.token_hex(32)
@@ -51,30 +52,36 @@ class KeysMixin:
                 insert(api_keys).values(
                     key_id=key_id, owner=owner, label=label, salt=salt,
                     secret_hash=_hash_secret(salt, secret), created_at=self._clock(), revoked=False,
+                    role="admin" if admin else "user",
                 )
             )
         return key_id, secret
 
     def verify_key(self, key_id: str, secret: str) -> str | None:
         """The key's owner if `secret` matches an unrevoked key, else None."""
+        caller = self.authenticate(key_id, secret)
+        return caller.owner if caller is not None else None
+
+    def authenticate(self, key_id: str, secret: str) -> Caller | None:
+        """Who an unrevoked key whose `secret` matches belongs to, and whether it is an admin key."""
         with self._read() as conn:
             row = conn.execute(
-                select(api_keys.c.owner, api_keys.c.salt, api_keys.c.secret_hash, api_keys.c.revoked).where(
-                    api_keys.c.key_id == key_id
-                )
+                select(api_keys.c.owner, api_keys.c.salt, api_keys.c.secret_hash, api_keys.c.revoked, api_keys.c.role)
+                .where(api_keys.c.key_id == key_id)
             ).first()
         if row is None:
             return None
         matches = hmac.compare_digest(_hash_secret(bytes(row.salt), secret), bytes(row.secret_hash))
-        return row.owner if matches and not row.revoked else None
+        return Caller(row.owner, row.role == "admin") if matches and not row.revoked else None
 
     def list_keys(self) -> list[ApiKey]:
         with self._read() as conn:
             rows = conn.execute(
-                select(api_keys.c.key_id, api_keys.c.owner, api_keys.c.label, api_keys.c.created_at, api_keys.c.revoked)
+                select(api_keys.c.key_id, api_keys.c.owner, api_keys.c.label, api_keys.c.created_at, api_keys.c.revoked,
+                       api_keys.c.role)
                 .order_by(api_keys.c.created_at, api_keys.c.key_id)
             ).all()
-        return [ApiKey(r.key_id, r.owner, r.label, r.created_at, bool(r.revoked)) for r in rows]
+        return [ApiKey(r.key_id, r.owner, r.label, r.created_at, bool(r.revoked), r.role == "admin") for r in rows]
 
     def revoke_key(self, key_id: str) -> bool:
         """True if the key existed and was active."""

@@ -67,7 +67,6 @@ class WorkerSupervisor:
         self.store = store
         self.device = device
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{device}:{uuid.uuid4().hex[:8]}"
-        self.files_dir = str(Path(file_store.root) if file_store is not None else settings.files_dir)
         self.endpoint_ids = list(endpoint_ids) if endpoint_ids is not None else None
         self.registry_module = registry_module
         self.cancel_grace_s = cancel_grace_s
@@ -125,7 +124,7 @@ class WorkerSupervisor:
         if self._child is None:
             if time.monotonic() < self._next_start_at:
                 return False
-            self._child = ModelProcess(self.settings, self.device, self.files_dir, self.registry_module)
+            self._child = ModelProcess(self.settings, self.device, self.registry_module)
         try:
             ready = self._child.poll_ready(READY_WAIT_S)
         except ChildGone as exc:
