@@ -35,3 +35,21 @@ def tiny_models(models_dir: Path, tiny_weights: Path) -> Any:
 
     # User LoRAs given as local paths must live in the LoRA folder: the tiny root holds the test ones.
     return ModelManager("tiny", models_dir, "cpu", lora_dir=tiny_weights)
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """moto's S3 server on loopback for the session (tests/services.py); skips, or fails in CI, without it."""
+    from tests.services import running_s3_server
+
+    with running_s3_server(tmp_path_factory.mktemp("moto")) as server:
+        yield server
+
+
+@pytest.fixture
+def postgres_url() -> Any:
+    """A fresh, empty PostgreSQL database for one test; skips, or fails in CI, without PostgreSQL."""
+    from tests.services import fresh_postgres_database
+
+    with fresh_postgres_database() as url:
+        yield url
