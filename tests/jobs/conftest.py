@@ -9,6 +9,7 @@ from typing import Iterator
 import pytest
 
 from motionserve.jobs.store import Store
+from tests.services import unavailable
 
 PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
 
@@ -53,7 +54,7 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         yield f"sqlite:///{tmp_path / 'jobs.db'}"
         return
     if not request.getfixturevalue("pg_available"):
-        pytest.skip("PostgreSQL at 127.0.0.1:5432 is not reachable")
+        unavailable("PostgreSQL at 127.0.0.1:5432 is not reachable")
     import psycopg
 
     # A private schema per test: other engineers' tests share the `test` database.

@@ -52,7 +52,7 @@ class JobStateMachine(RuleBasedStateMachine):
     def submit(self, priority: int, deadline: float | None) -> None:
         job = self.store.submit(
             owner="o", endpoint_id="e", input={}, priority=priority, base_url="http://x",
-            start_deadline=None if deadline is None else self.clock.now + deadline, webhook_url="http://hook",
+            start_timeout_s=deadline, webhook_url="http://hook",
         )
         self.ids.append(job.id)
         self.seen[job.id] = job

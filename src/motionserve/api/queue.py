@@ -40,7 +40,7 @@ def resolve_endpoint(request: Request, raw_id: str) -> tuple[AppId, Endpoint]:
 async def _submit(request: Request, raw_id: str, owner: str, settings: Any, store: Any, webhook: str | None) -> tuple[AppId, Job]:
     app_id, endpoint = resolve_endpoint(request, raw_id)
     payload = await read_json_object(request)
-    options = parse_submit_options(request.headers, webhook, now=time.time())
+    options = parse_submit_options(request.headers, webhook)
     endpoint.validate(payload, Limits(max_frames=settings.max_frames))
     job = await anyio.to_thread.run_sync(
         lambda: store.submit(
@@ -48,10 +48,12 @@ async def _submit(request: Request, raw_id: str, owner: str, settings: Any, stor
             endpoint_id=app_id.endpoint_id,
             input=payload,  # as sent: the worker validates it again with the same model
             priority=options.priority,
-            start_deadline=options.start_deadline,
+            start_timeout_s=options.start_timeout_s,
             webhook_url=options.webhook_url,
             base_url=public_base_url(request, settings),
             file_retention_s=options.file_retention_s or settings.file_retention_s,
+            runner_hint=options.runner_hint,
+            no_retry=options.no_retry,
         )
     )
     return app_id, job

@@ -18,13 +18,6 @@ class JobState(str, Enum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
-    # Lower-case aliases (same members): the contract names the states in lower case and other
-    # layers are written against it in parallel, so both spellings must work.
-    queued = "queued"
-    running = "running"
-    succeeded = "succeeded"
-    failed = "failed"
-    cancelled = "cancelled"
 
     @property
     def is_terminal(self) -> bool:
@@ -50,9 +43,6 @@ class CancelOutcome(str, Enum):
     CANCELLED = "cancelled"  # it was still queued and is now terminal
     REQUESTED = "requested"  # it is running; its worker will stop it at the next step
     ALREADY_COMPLETED = "already_completed"
-    cancelled = "cancelled"  # lower-case aliases, as for JobState
-    requested = "requested"
-    already_completed = "already_completed"
 
 
 class Priority:
@@ -67,7 +57,7 @@ class Job:
     id: str
     owner: str
     endpoint_id: str
-    input: dict[str, Any]
+    input: dict[str, Any] | None  # None when read for status only (it can be a 64 MB data URI)
     state: JobState
     priority: int
     created_at: float  # epoch seconds
@@ -84,6 +74,8 @@ class Job:
     base_url: str  # how the submitter reached us; output file URLs are built on it
     file_retention_s: int | None
     inference_time: float | None
+    runner_hint: str | None = None  # X-Fal-Runner-Hint: prefer the worker that last ran this hint
+    no_retry: bool = False  # X-Fal-No-Retry: never run again after its worker died
 
     @property
     def is_terminal(self) -> bool:
@@ -112,6 +104,22 @@ class Caller(NamedTuple):
 
     owner: str
     admin: bool
+
+
+@dataclass(frozen=True)
+class WorkerRecord:
+    """A worker supervisor as the registry knows it (one per device per worker process)."""
+
+    id: str
+    host: str
+    pid: int
+    device: str
+    version: str
+    state: str  # starting | idle | busy | draining | stopped
+    warm: tuple[str, ...]  # endpoint ids whose pipelines its model process has loaded
+    current_job: str | None
+    started_at: float | None = None  # database clock; set by the store
+    last_seen: float | None = None
 
 
 @dataclass(frozen=True)

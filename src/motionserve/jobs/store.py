@@ -12,40 +12,99 @@ from __future__ import annotations
 import time
 import uuid
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, Callable, Collection, Iterable, Iterator, Sequence
 
-from sqlalchemy import Connection, and_, case, func, insert, or_, select, update
+from sqlalchemy import Connection, Engine, and_, case, delete, func, insert, or_, select, update
 from sqlalchemy.sql import ColumnElement
 
 from motionserve import database as schema
+from motionserve.database import db_now, job_logs, jobs, webhooks
 from motionserve.jobs.models import (
     ALLOWED_TRANSITIONS,
+    TERMINAL_STATES,
     CancelOutcome,
     Job,
     JobState,
     LogLine,
     error_dict,
 )
-from motionserve.database import job_logs, jobs
 from motionserve.jobs.store_keys import KeysMixin
 from motionserve.jobs.store_webhooks import WebhookQueueMixin
+from motionserve.jobs.store_workers import WorkerRegistryMixin
 from motionserve.jobs.webhook_payload import webhook_body
 
 CANCELLED_ERROR = error_dict(499, "Request was cancelled", "client_cancelled")
+# PostgreSQL NOTIFY channel: "<kind> <job id>", kind one of the ChangeKind values below.
+NOTIFY_CHANNEL = "motionserve_jobs"
+# Status reads never load the stored input: it can be a 64 MB data URI.
+_STATUS_COLUMNS = [c for c in jobs.c if c.name != "input"]
 
 
-class Store(KeysMixin, WebhookQueueMixin):
-    """Jobs, logs, pending webhooks, API keys and the webhook signing key, in SQLite or PostgreSQL.
+class ChangeKind:
+    """What a change notification says happened to a job."""
 
-    `clock` (epoch seconds) is injectable so tests can expire leases and deadlines without sleeping.
+    QUEUED = "queued"  # it entered the queue (submitted, or put back): wake idle workers
+    STATE = "state"  # any other status change, or a cancel request
+    LOGS = "logs"  # new log lines
+
+
+@dataclass(frozen=True)
+class ClaimPreference:
+    """What a worker would rather run next, among queued jobs of equal priority.
+
+    Jobs of `warm_endpoints` (pipelines already loaded) or carrying one of `hints` (X-Fal-Runner-Hint
+    of jobs it ran recently) come first, unless an older job has waited `max_wait_s`: then age wins,
+    so preferences never starve anyone.
     """
 
-    def __init__(self, url: str, *, clock: Callable[[], float] = time.time) -> None:
+    warm_endpoints: frozenset[str] = frozenset()
+    hints: frozenset[str] = frozenset()
+    max_wait_s: float = 30.0
+
+
+@dataclass(frozen=True)
+class RecentChanges:
+    """What a polling change watcher learned since its last look (SQLite has no NOTIFY)."""
+
+    changed: list[tuple[str, str, float]]  # (job id, state, changed_at) of jobs whose row changed
+    with_logs: list[str]  # job ids with new log lines
+    changed_at: float  # pass back as `since` next time
+    log_id: int  # pass back as `since_log_id` next time
+
+
+class Store(KeysMixin, WebhookQueueMixin, WorkerRegistryMixin):
+    """Jobs, logs, pending webhooks, API keys, the webhook signing key and the worker registry, in
+    SQLite or PostgreSQL.
+
+    Leases, deadlines and worker liveness are timed by the database's clock, so the hosts of a fleet
+    need not agree on the time. `clock` (epoch seconds) replaces it in tests, to expire leases and
+    deadlines without sleeping.
+    """
+
+    def __init__(self, url: str, *, clock: Callable[[], float] | None = None) -> None:
         self.url = schema.normalize_url(url)
         self._engine = schema.make_engine(self.url)
         self._is_postgres = self._engine.dialect.name == "postgresql"
-        self._clock = clock
+        self._test_clock = clock
+        self._clock: Callable[[], float] = clock or time.time  # for timestamps nobody compares across hosts
         self._signing_key_cache: Any = None
+
+    @property
+    def engine(self) -> Engine:
+        return self._engine
+
+    @property
+    def is_postgres(self) -> bool:
+        return self._is_postgres
+
+    def _now(self, conn: Connection) -> float:
+        return self._test_clock() if self._test_clock is not None else db_now(conn)
+
+    def _notify(self, conn: Connection, kind: str, job_id: str) -> None:
+        """Tell every LISTENing node (PostgreSQL) about a change; delivered when the transaction commits."""
+        if self._is_postgres:
+            conn.execute(select(func.pg_notify(NOTIFY_CHANNEL, f"{kind} {job_id}")))
 
     def create_all(self) -> None:
         schema.metadata.create_all(self._engine)
@@ -89,9 +148,10 @@ class Store(KeysMixin, WebhookQueueMixin):
         illegal = [e for e in expected_set if new not in ALLOWED_TRANSITIONS[e]]
         if illegal:
             raise ValueError(f"illegal job transition {[e.value for e in illegal]} -> {new.value}")
-        changes: dict[str, Any] = {"state": new.value, **(values or {})}
+        now = self._now(conn)
+        changes: dict[str, Any] = {"state": new.value, "changed_at": now, **(values or {})}
         if new.is_terminal:
-            changes.setdefault("finished_at", self._clock())
+            changes.setdefault("finished_at", now)
             changes["lease_expires_at"] = None
         stmt = (
             update(jobs)
@@ -100,6 +160,7 @@ class Store(KeysMixin, WebhookQueueMixin):
         )
         if conn.execute(stmt).rowcount != 1:
             return False
+        self._notify(conn, ChangeKind.QUEUED if new is JobState.QUEUED else ChangeKind.STATE, job_id)
         if new.is_terminal:
             job = self._get(conn, job_id)
             if job is not None and job.webhook_url:
@@ -115,13 +176,17 @@ class Store(KeysMixin, WebhookQueueMixin):
         endpoint_id: str,
         input: dict[str, Any],
         priority: int = 0,
-        start_deadline: float | None = None,
+        start_timeout_s: float | None = None,
         webhook_url: str | None = None,
         base_url: str,
         file_retention_s: int | None = None,
+        runner_hint: str | None = None,
+        no_retry: bool = False,
     ) -> Job:
+        """Queue a job. `start_timeout_s`: fail it (504) if no worker started it within that time."""
         job_id = str(uuid.uuid4())
         with self._write() as conn:
+            now = self._now(conn)
             conn.execute(
                 insert(jobs).values(
                     id=job_id,
@@ -130,30 +195,36 @@ class Store(KeysMixin, WebhookQueueMixin):
                     input=input,
                     state=JobState.QUEUED.value,
                     priority=priority,
-                    created_at=self._clock(),
-                    start_deadline=start_deadline,
+                    created_at=now,
+                    changed_at=now,
+                    start_deadline=now + start_timeout_s if start_timeout_s is not None else None,
                     attempts=0,
                     cancel_requested=False,
                     webhook_url=webhook_url,
                     base_url=base_url,
                     file_retention_s=file_retention_s,
+                    runner_hint=runner_hint,
+                    no_retry=no_retry,
                 )
             )
-            job = self._get(conn, job_id)
+            self._notify(conn, ChangeKind.QUEUED, job_id)
+            job = self._get(conn, job_id, with_input=False)
         assert job is not None
         return job
 
-    def get(self, job_id: str) -> Job | None:
+    def get(self, job_id: str, *, with_input: bool = False) -> Job | None:
+        """The job; its `input` only when asked for (status reads never need it)."""
         with self._read() as conn:
-            return self._get(conn, job_id)
+            return self._get(conn, job_id, with_input=with_input)
 
     def _exists(self, *conditions: ColumnElement[bool]) -> bool:
         """A lock-free read (WAL readers never wait for writers) to skip pointless write transactions."""
         with self._read() as conn:
             return conn.execute(select(jobs.c.seq).where(*conditions).limit(1)).first() is not None
 
-    def _get(self, conn: Connection, job_id: str) -> Job | None:
-        row = conn.execute(select(jobs).where(jobs.c.id == job_id)).first()
+    def _get(self, conn: Connection, job_id: str, *, with_input: bool = True) -> Job | None:
+        columns = list(jobs.c) if with_input else _STATUS_COLUMNS
+        row = conn.execute(select(*columns).where(jobs.c.id == job_id)).first()
         return row_to_job(row) if row is not None else None
 
     def queue_position(self, job: Job) -> int:
@@ -191,25 +262,33 @@ class Store(KeysMixin, WebhookQueueMixin):
                 flagged = conn.execute(
                     update(jobs)
                     .where(jobs.c.id == job_id, jobs.c.state == JobState.RUNNING.value)
-                    .values(cancel_requested=True)
+                    .values(cancel_requested=True, changed_at=self._now(conn))
                 ).rowcount
                 if flagged:
+                    self._notify(conn, ChangeKind.STATE, job_id)
                     return CancelOutcome.REQUESTED
             return CancelOutcome.ALREADY_COMPLETED
 
     # -- worker side ------------------------------------------------------------------------
 
-    def claim(self, worker_id: str, lease_s: float, endpoint_ids: Iterable[str] | None = None) -> Job | None:
-        """Expire queued jobs past their start deadline, then take the next queued job, if any."""
+    def claim(
+        self,
+        worker_id: str,
+        lease_s: float,
+        endpoint_ids: Iterable[str] | None = None,
+        prefer: ClaimPreference | None = None,
+    ) -> Job | None:
+        """Expire queued jobs past their start deadline, then take the next queued job, if any:
+        by priority, then (with `prefer`) what this worker would rather run, then submit order."""
         if not self._exists(jobs.c.state == JobState.QUEUED.value):
             return None  # idle workers poll often: do not take the write lock for nothing
         with self._write() as conn:
-            now = self._clock()
+            now = self._now(conn)
             self._expire_start_deadlines(conn, now)
             query = select(jobs.c.id).where(jobs.c.state == JobState.QUEUED.value)
             if endpoint_ids is not None:
                 query = query.where(jobs.c.endpoint_id.in_(list(endpoint_ids)))
-            query = self._locking(query.order_by(jobs.c.priority, jobs.c.seq).limit(1), skip_locked=True)
+            query = self._locking(query.order_by(*_claim_order(prefer, now)).limit(1), skip_locked=True)
             job_id = conn.execute(query).scalar()
             if job_id is None:
                 return None
@@ -229,11 +308,10 @@ class Store(KeysMixin, WebhookQueueMixin):
 
     def expire_start_deadlines(self) -> int:
         """Fail queued jobs whose start deadline passed, even while every worker is busy."""
-        due = and_(jobs.c.start_deadline.is_not(None), jobs.c.start_deadline < self._clock())
-        if not self._exists(jobs.c.state == JobState.QUEUED.value, due):
+        if not self._exists(jobs.c.state == JobState.QUEUED.value, jobs.c.start_deadline.is_not(None)):
             return 0  # polled every second: do not take the write lock for nothing
         with self._write() as conn:
-            return self._expire_start_deadlines(conn, self._clock())
+            return self._expire_start_deadlines(conn, self._now(conn))
 
     def _expire_start_deadlines(self, conn: Connection, now: float) -> int:
         query = select(jobs.c.id).where(
@@ -252,9 +330,9 @@ class Store(KeysMixin, WebhookQueueMixin):
             renewed = conn.execute(
                 update(jobs)
                 .where(jobs.c.id == job_id, jobs.c.state == JobState.RUNNING.value, jobs.c.worker_id == worker_id)
-                .values(lease_expires_at=self._clock() + lease_s)
+                .values(lease_expires_at=self._now(conn) + lease_s)
             ).rowcount
-            return self._get(conn, job_id) if renewed else None
+            return self._get(conn, job_id, with_input=False) if renewed else None
 
     def append_logs(self, job_id: str, lines: Sequence[tuple[Any, ...]]) -> None:
         """Add `(level, message)` or `(level, message, timestamp)` lines, numbered after the last one."""
@@ -265,13 +343,14 @@ class Store(KeysMixin, WebhookQueueMixin):
             if conn.execute(self._locking(select(jobs.c.id).where(jobs.c.id == job_id))).first() is None:
                 return
             last = conn.execute(select(func.max(job_logs.c.seq)).where(job_logs.c.job_id == job_id)).scalar() or 0
-            now = self._clock()
+            now = self._now(conn)
             rows = []
             for offset, line in enumerate(lines, start=1):
                 level, message = str(line[0]), str(line[1])
                 timestamp = float(line[2]) if len(line) > 2 and line[2] is not None else now
                 rows.append({"job_id": job_id, "seq": last + offset, "timestamp": timestamp, "level": level, "message": message})
             conn.execute(insert(job_logs), rows)
+            self._notify(conn, ChangeKind.LOGS, job_id)
 
     def finish(
         self,
@@ -330,13 +409,16 @@ class Store(KeysMixin, WebhookQueueMixin):
             )
 
     def reclaim_expired(self, max_attempts: int) -> int:
-        """Running jobs whose lease ran out: requeue, or fail after `max_attempts`; cancel if asked."""
-        now = self._clock()
+        """Running jobs whose lease ran out: requeue, or fail after `max_attempts` (or at once when
+        the client sent X-Fal-No-Retry); cancel if asked. Any node may call it, any number at once."""
+        with self._read() as conn:
+            now = self._now(conn)
         if not self._exists(jobs.c.state == JobState.RUNNING.value, jobs.c.lease_expires_at < now):
             return 0
         changed = 0
         with self._write() as conn:
-            query = select(jobs.c.id, jobs.c.attempts, jobs.c.cancel_requested).where(
+            now = self._now(conn)
+            query = select(jobs.c.id, jobs.c.attempts, jobs.c.cancel_requested, jobs.c.no_retry).where(
                 jobs.c.state == JobState.RUNNING.value, jobs.c.lease_expires_at < now
             )
             for row in conn.execute(self._locking(query, skip_locked=True)).all():
@@ -346,20 +428,75 @@ class Store(KeysMixin, WebhookQueueMixin):
                         conn, row.id, JobState.RUNNING, JobState.CANCELLED,
                         values={"error": CANCELLED_ERROR}, guards=still_expired,
                     )
-                elif row.attempts < max_attempts:
+                elif row.attempts < max_attempts and not row.no_retry:
                     ok = self._transition(
                         conn, row.id, JobState.RUNNING, JobState.QUEUED,
                         values={"worker_id": None, "lease_expires_at": None, "started_at": None},
                         guards=still_expired,
                     )
                 else:
-                    detail = f"The worker running this request stopped responding {row.attempts} times; giving up"
+                    detail = (
+                        "The worker running this request stopped responding (X-Fal-No-Retry: not retried)"
+                        if row.no_retry
+                        else f"The worker running this request stopped responding {row.attempts} times; giving up"
+                    )
                     ok = self._transition(
                         conn, row.id, JobState.RUNNING, JobState.FAILED,
                         values={"error": error_dict(503, detail, "runner_disconnected")}, guards=still_expired,
                     )
                 changed += ok
         return changed
+
+    # -- upkeep -----------------------------------------------------------------------------
+
+    def delete_finished(self, older_than_s: float, batch: int = 500) -> int:
+        """Delete jobs finished more than `older_than_s` ago, with their logs and webhook rows."""
+        deleted = 0
+        while True:
+            with self._write() as conn:
+                cutoff = self._now(conn) - older_than_s
+                ids = conn.execute(
+                    select(jobs.c.id)
+                    .where(jobs.c.state.in_([s.value for s in TERMINAL_STATES]), jobs.c.finished_at < cutoff)
+                    .limit(batch)
+                ).scalars().all()
+                if not ids:
+                    return deleted
+                conn.execute(delete(job_logs).where(job_logs.c.job_id.in_(ids)))
+                conn.execute(delete(webhooks).where(webhooks.c.job_id.in_(ids)))
+                conn.execute(delete(jobs).where(jobs.c.id.in_(ids)))
+                deleted += len(ids)
+
+    def recent_changes(self, since: float, since_log_id: int) -> RecentChanges:
+        """Jobs changed after `since` and jobs with log lines after `since_log_id`: one query pair
+        for a whole node, polled by the SQLite change watcher. `since` is rewound a little: writers'
+        timestamps are taken before their commit, so a late commit can carry a slightly older one
+        (the watcher drops what it has already seen)."""
+        with self._read() as conn:
+            changed = conn.execute(
+                select(jobs.c.id, jobs.c.state, jobs.c.changed_at).where(jobs.c.changed_at > since - 1.0)
+            ).all()
+            logs = conn.execute(
+                select(job_logs.c.job_id, func.max(job_logs.c.id))
+                .where(job_logs.c.id > since_log_id)
+                .group_by(job_logs.c.job_id)
+            ).all()
+        return RecentChanges(
+            changed=[(r.id, r.state, r.changed_at) for r in changed],
+            with_logs=[r[0] for r in logs],
+            changed_at=max([since, *(r.changed_at for r in changed)]),
+            log_id=max([since_log_id, *(r[1] for r in logs)]),
+        )
+
+
+def _claim_order(prefer: ClaimPreference | None, now: float) -> list[Any]:
+    if prefer is None:
+        return [jobs.c.priority, jobs.c.seq]
+    waited_too_long = case((jobs.c.created_at < now - prefer.max_wait_s, 0), else_=1)
+    matches = [jobs.c.endpoint_id.in_(sorted(prefer.warm_endpoints)), jobs.c.runner_hint.in_(sorted(prefer.hints))]
+    # A job this worker ran the hint of ranks above one whose pipeline is merely warm here.
+    preferred = case((matches[1], 0), (matches[0], 1), else_=2)
+    return [jobs.c.priority, waited_too_long, preferred, jobs.c.seq]
 
 
 def row_to_job(row: Any) -> Job:
@@ -368,7 +505,7 @@ def row_to_job(row: Any) -> Job:
         id=m["id"],
         owner=m["owner"],
         endpoint_id=m["endpoint_id"],
-        input=m["input"],
+        input=m.get("input"),
         state=JobState(m["state"]),
         priority=m["priority"],
         created_at=m["created_at"],
@@ -385,4 +522,6 @@ def row_to_job(row: Any) -> Job:
         base_url=m["base_url"],
         file_retention_s=m["file_retention_s"],
         inference_time=m["inference_time"],
+        runner_hint=m["runner_hint"],
+        no_retry=bool(m["no_retry"]),
     )
