@@ -50,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     _store_flags(worker)
     _worker_flags(worker)
     worker.add_argument("--allow-private-urls", action="store_true", default=None, help="let inputs use private addresses")
+    worker.add_argument("--metrics-port", type=int, help="serve this process's Prometheus metrics on this port")
 
     keys = sub.add_parser("keys", help="manage API keys").add_subparsers(dest="keys_command", required=True)
     create = keys.add_parser("create", help="create a key; prints KEY_ID:SECRET alone on the last line")
@@ -73,7 +74,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     """Settings from the environment with the flags that were given on top."""
     overrides: dict[str, Any] = {}
     for name in ("host", "port", "data_dir", "database_url", "tls_cert", "tls_key", "weights", "public_url",
-                 "allow_private_urls", "max_frames"):
+                 "allow_private_urls", "max_frames", "metrics_port"):
         value = getattr(args, name, None)
         if value is not None:
             overrides[name] = value

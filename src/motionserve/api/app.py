@@ -14,7 +14,7 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from motionserve import __version__
-from motionserve.api import files, openapi, queue, requests
+from motionserve.api import files, metrics, openapi, queue, requests
 from motionserve.api.deps import SettingsDep, StoreDep
 from motionserve.api.errors import install_exception_handlers
 from motionserve.api.upload_tokens import UploadTokens, load_or_create_secret
@@ -105,5 +105,6 @@ def create_app(
     app.include_router(files.router)
     app.include_router(openapi.router)
     app.include_router(ops)
+    app.include_router(metrics.router)
     openapi.install_openapi(app)
     return app

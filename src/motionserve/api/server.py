@@ -214,6 +214,10 @@ def _absorb_reraised_signals() -> None:
 
 def work(settings: Settings) -> None:
     """Run worker supervisors only (no API), until SIGINT/SIGTERM."""
+    if settings.metrics_port is not None:
+        from motionserve.metrics import serve_worker_metrics
+
+        serve_worker_metrics(settings.metrics_port)
     store = open_store(settings)
     services = BackgroundServices()
     add_workers(services, settings, store, open_file_store(settings))
