@@ -58,6 +58,7 @@ class Done:
     error: dict[str, Any] | None = None
     cancelled: bool = False
     inference_time: float | None = None
+    warm: tuple[str, ...] | None = None  # endpoint ids whose pipelines the process now has loaded
 
 
 ChildEvent = Ready | StartupFailed | Log | Done

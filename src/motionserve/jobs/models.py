@@ -107,6 +107,20 @@ class Caller(NamedTuple):
 
 
 @dataclass(frozen=True)
+class ClaimPreference:
+    """What a worker would rather run next, among queued jobs of equal priority.
+
+    Jobs of `warm_endpoints` (pipelines already loaded) or carrying one of `hints` (X-Fal-Runner-Hint
+    of jobs it ran recently) come first, unless an older job has waited `max_wait_s`: then age wins,
+    so preferences never starve anyone.
+    """
+
+    warm_endpoints: frozenset[str] = frozenset()
+    hints: frozenset[str] = frozenset()
+    max_wait_s: float = 30.0
+
+
+@dataclass(frozen=True)
 class WorkerRecord:
     """A worker supervisor as the registry knows it (one per device per worker process)."""
 

@@ -8,6 +8,7 @@ on `Shutdown`, on pipe EOF, or as soon as its supervisor process dies.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import logging
 import multiprocessing as mp
@@ -110,6 +111,13 @@ class _Models:
             self._manager = self._registry.create_model_manager(self._settings, self._device)
         return self._manager
 
+    def warm_endpoints(self) -> tuple[str, ...] | None:
+        """Endpoints whose pipelines are loaded here (None: this registry cannot tell)."""
+        warm_endpoints = getattr(self._registry, "warm_endpoints", None)
+        if warm_endpoints is None:
+            return None
+        return tuple(warm_endpoints(self._manager)) if self._manager is not None else ()
+
 
 def run_job(job: Job, registry: ModuleType, ctx: JobContext) -> Done:
     """Validate the stored input, run the handler, and turn its outcome into a `Done`."""
@@ -166,6 +174,7 @@ def child_main(
         if isinstance(message, RunJob):
             ctx = JobContext(message.job, settings, conn, cancel_event, models)
             try:
-                conn.send(run_job(message.job, registry, ctx))
+                done = run_job(message.job, registry, ctx)
+                conn.send(dataclasses.replace(done, warm=models.warm_endpoints()))
             except (BrokenPipeError, EOFError, OSError):
                 return

@@ -24,6 +24,7 @@ from motionserve.jobs.models import (
     ALLOWED_TRANSITIONS,
     TERMINAL_STATES,
     CancelOutcome,
+    ClaimPreference,
     Job,
     JobState,
     LogLine,
@@ -33,6 +34,7 @@ from motionserve.jobs.store_keys import KeysMixin
 from motionserve.jobs.store_webhooks import WebhookQueueMixin
 from motionserve.jobs.store_workers import WorkerRegistryMixin
 from motionserve.jobs.webhook_payload import webhook_body
+from motionserve.migrations import upgrade
 
 CANCELLED_ERROR = error_dict(499, "Request was cancelled", "client_cancelled")
 # PostgreSQL NOTIFY channel: "<kind> <job id>", kind one of the ChangeKind values below.
@@ -49,18 +51,7 @@ class ChangeKind:
     LOGS = "logs"  # new log lines
 
 
-@dataclass(frozen=True)
-class ClaimPreference:
-    """What a worker would rather run next, among queued jobs of equal priority.
-
-    Jobs of `warm_endpoints` (pipelines already loaded) or carrying one of `hints` (X-Fal-Runner-Hint
-    of jobs it ran recently) come first, unless an older job has waited `max_wait_s`: then age wins,
-    so preferences never starve anyone.
-    """
-
-    warm_endpoints: frozenset[str] = frozenset()
-    hints: frozenset[str] = frozenset()
-    max_wait_s: float = 30.0
+NOTIFY_CHANGE_KINDS = frozenset({ChangeKind.QUEUED, ChangeKind.STATE, ChangeKind.LOGS})
 
 
 @dataclass(frozen=True)
@@ -107,7 +98,8 @@ class Store(KeysMixin, WebhookQueueMixin, WorkerRegistryMixin):
             conn.execute(select(func.pg_notify(NOTIFY_CHANNEL, f"{kind} {job_id}")))
 
     def create_all(self) -> None:
-        schema.metadata.create_all(self._engine)
+        """Bring the database to the newest schema: the same migrations a server runs on start."""
+        upgrade(self.url)
 
     def close(self) -> None:
         self._engine.dispose()
@@ -466,6 +458,11 @@ class Store(KeysMixin, WebhookQueueMixin, WorkerRegistryMixin):
                 conn.execute(delete(webhooks).where(webhooks.c.job_id.in_(ids)))
                 conn.execute(delete(jobs).where(jobs.c.id.in_(ids)))
                 deleted += len(ids)
+
+    def change_watermark(self) -> tuple[float, int]:
+        """Where a change watcher starts: now, and the newest log line's id."""
+        with self._read() as conn:
+            return self._now(conn), int(conn.execute(select(func.max(job_logs.c.id))).scalar() or 0)
 
     def recent_changes(self, since: float, since_log_id: int) -> RecentChanges:
         """Jobs changed after `since` and jobs with log lines after `since_log_id`: one query pair
