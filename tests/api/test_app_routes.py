@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pathlib import Path
 
 import pytest
+
+from motionserve.jobs.models import WorkerRecord
 
 from motionserve.api.deps import parse_key_header
 from motionserve.api.openapi import component_name
@@ -124,12 +128,38 @@ def test_health(api: Api) -> None:
 
 
 def test_health_is_503_when_the_store_is_unreachable(api: Api) -> None:
-    def unreachable() -> bool:
+    def unreachable(seen_within_s: float) -> list[Any]:
         raise OSError("database is gone")
 
-    api.store.has_keys = unreachable  # type: ignore[method-assign]
+    api.store.live_workers = unreachable  # type: ignore[method-assign]
     r = api.client.get("/health")
     assert r.status_code == 503 and "database is gone" in r.json()["detail"]
+
+
+def _worker(worker_id: str, host: str, state: str = "idle", current_job: str | None = None) -> WorkerRecord:
+    return WorkerRecord(id=worker_id, host=host, pid=1, device="cuda:0", version="0.1.0", state=state,
+                        warm=("fal-ai/fast-svd-lcm",), current_job=current_job)
+
+
+def test_health_and_workers_show_every_live_worker_of_the_fleet(api: Api) -> None:
+    # Workers of other machines only meet the API in the store's registry.
+    api.store.worker_seen(_worker("gpu-a:1:cuda:0", "gpu-a", "busy", current_job="r-1"))
+    api.store.worker_seen(_worker("gpu-b:7:cuda:0", "gpu-b"))
+    api.store.worker_seen(_worker("gpu-c:9:cuda:0", "gpu-c"))
+    api.store.worker_stopped("gpu-c:9:cuda:0")
+
+    health = api.client.get("/health").json()
+    assert [(w["host"], w["state"]) for w in health["workers"]] == [("gpu-a", "busy"), ("gpu-b", "idle")]
+    assert "current_job" not in health["workers"][0]  # /health is public: no request ids there
+
+    assert api.client.get("/workers").status_code == 401
+    assert api.client.get("/workers", headers=api.auth).status_code == 403  # a user key
+    key_id, secret = api.store.create_key("ops", admin=True)
+    listed = api.client.get("/workers", headers={"Authorization": f"Key {key_id}:{secret}"})
+    assert listed.status_code == 200
+    (busy, idle) = listed.json()["workers"]
+    assert busy["id"] == "gpu-a:1:cuda:0" and busy["current_job"] == "r-1" and busy["warm"] == ["fal-ai/fast-svd-lcm"]
+    assert busy["last_seen"] is not None and idle["current_job"] is None
 
 
 @pytest.mark.parametrize("path", ["/.well-known/jwks.json", "/rest/.well-known/jwks.json"])

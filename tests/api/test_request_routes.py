@@ -174,7 +174,8 @@ def test_status_stream_sends_keepalive_comments_while_nothing_changes(api: Api) 
     urls = RequestUrls.build("http://testserver", "test-owner/echo", rid)
 
     async def first_three() -> list[str]:
-        events = status_events(api.store, rid, urls, with_logs=False, poll_interval_s=0.01, keepalive_s=0.0)
+        job_events = api.client.app.state.job_events  # type: ignore[attr-defined]
+        events = status_events(api.store, job_events, rid, urls, with_logs=False, keepalive_s=0.0)
         out = [await events.__anext__() for _ in range(3)]
         await events.aclose()
         return out

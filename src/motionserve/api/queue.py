@@ -8,20 +8,23 @@ priorities and workers are shared) and simply waits for the job, cancelling it i
 from __future__ import annotations
 
 import time
-from typing import Any
-
 import anyio
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from motionserve.api.body import read_json_object
-from motionserve.api.deps import OwnerDep, SettingsDep, StoreDep, public_base_url, request_base_url
+from motionserve.api.deps import JobEventsDep, OwnerDep, SettingsDep, StoreDep, public_base_url, request_base_url
 from motionserve.api.errors import REQUEST_ID_HEADER, ApiError
 from motionserve.api.headers import parse_submit_options
 from motionserve.api.ids import AppId, parse_endpoint_id
-from motionserve.api.status import POLL_INTERVAL_S, RequestUrls, result_response
+from motionserve.api.job_events import JobEvents
+from motionserve.api.status import RequestUrls, result_response
+from motionserve.config import Settings
 from motionserve.endpoints.base import Endpoint, Limits
 from motionserve.jobs.models import Job
+from motionserve.jobs.protocols import JobStore
+
+DISCONNECT_CHECK_S = 1.0  # how soon a /run caller that hung up gets its job cancelled
 
 router = APIRouter()
 
@@ -37,7 +40,7 @@ def resolve_endpoint(request: Request, raw_id: str) -> tuple[AppId, Endpoint]:
     return app_id, endpoint
 
 
-async def _submit(request: Request, raw_id: str, owner: str, settings: Any, store: Any, webhook: str | None) -> tuple[AppId, Job]:
+async def _submit(request: Request, raw_id: str, owner: str, settings: Settings, store: JobStore, webhook: str | None) -> tuple[AppId, Job]:
     app_id, endpoint = resolve_endpoint(request, raw_id)
     payload = await read_json_object(request)
     options = parse_submit_options(request.headers, webhook)
@@ -75,28 +78,34 @@ async def submit(request: Request, endpoint_id: str, owner: OwnerDep, settings: 
 
 
 @router.post("/run/{endpoint_id:path}", include_in_schema=False)
-async def run(request: Request, endpoint_id: str, owner: OwnerDep, settings: SettingsDep, store: StoreDep) -> JSONResponse:
+async def run(
+    request: Request, endpoint_id: str, owner: OwnerDep, settings: SettingsDep, store: StoreDep, job_events: JobEventsDep
+) -> JSONResponse:
     _, job = await _submit(request, endpoint_id, owner, settings, store, webhook=None)
-    finished = await wait_for_job(request, store, job.id, timeout_s=settings.sync_run_timeout_s)
+    finished = await wait_for_job(request, store, job_events, job.id, timeout_s=settings.sync_run_timeout_s)
     return result_response(finished)
 
 
-async def wait_for_job(request: Request, store: Any, job_id: str, *, timeout_s: float) -> Job:
-    """Poll the store until the job is finished. A client that hangs up cancels its job (nobody
-    would ever read the result); so does running past the server's sync timeout (504)."""
+async def wait_for_job(request: Request, store: JobStore, events: JobEvents, job_id: str, *, timeout_s: float) -> Job:
+    """Wait until the job is finished, reading it when the change watcher says it changed. A client
+    that hangs up cancels its job (nobody would ever read the result); so does running past the
+    server's sync timeout (504)."""
     deadline = time.monotonic() + timeout_s
-    delay = 0.05
-    while True:
-        job = await anyio.to_thread.run_sync(store.get, job_id)
-        if job is None:
-            raise ApiError(500, "Request disappeared from the store", error_type="internal_error")
-        if job.is_terminal:
-            return job
-        if await request.is_disconnected():
-            await anyio.to_thread.run_sync(store.request_cancel, job_id)
-            raise ApiError(499, "Client disconnected", error_type="client_disconnected", headers={REQUEST_ID_HEADER: job_id})
-        if time.monotonic() > deadline:
-            await anyio.to_thread.run_sync(store.request_cancel, job_id)
-            raise ApiError(504, "Request timed out", error_type="request_timeout", headers={REQUEST_ID_HEADER: job_id})
-        await anyio.sleep(delay)
-        delay = min(delay * 1.5, POLL_INTERVAL_S * 2)
+    with events.subscribe(job_id) as changes:
+        while True:
+            job = await anyio.to_thread.run_sync(store.get, job_id)
+            if job is None:
+                raise ApiError(500, "Request disappeared from the store", error_type="internal_error")
+            if job.is_terminal:
+                return job
+            read_at = time.monotonic()
+            while not await changes.wait(DISCONNECT_CHECK_S):
+                if await request.is_disconnected():
+                    await anyio.to_thread.run_sync(store.request_cancel, job_id)
+                    raise ApiError(499, "Client disconnected", error_type="client_disconnected",
+                                   headers={REQUEST_ID_HEADER: job_id})
+                if time.monotonic() > deadline:
+                    await anyio.to_thread.run_sync(store.request_cancel, job_id)
+                    raise ApiError(504, "Request timed out", error_type="request_timeout", headers={REQUEST_ID_HEADER: job_id})
+                if time.monotonic() - read_at >= changes.fallback_s:
+                    break  # in case a notification was lost: look at the store now and then

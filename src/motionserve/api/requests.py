@@ -12,7 +12,7 @@ from typing import Any, Callable
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from motionserve.api.deps import OwnerDep, StoreDep, request_base_url
+from motionserve.api.deps import JobEventsDep, OwnerDep, StoreDep, request_base_url
 from motionserve.api.errors import REQUEST_ID_HEADER, ApiError
 from motionserve.api.ids import AppId, parse_endpoint_id, same_app
 from motionserve.api.status import (
@@ -24,13 +24,14 @@ from motionserve.api.status import (
     status_events,
 )
 from motionserve.jobs.models import CancelOutcome, Job, JobState
+from motionserve.jobs.protocols import JobStore
 
 router = APIRouter()
 
 _PREFIX = "/queue/{app:path}/requests/{request_id}"
 
 
-def _find(store: Any, app: str, request_id: str, owner: str) -> tuple[AppId, Job] | None:
+def _find(store: JobStore, app: str, request_id: str, owner: str) -> tuple[AppId, Job] | None:
     try:
         app_id = parse_endpoint_id(app)
     except ValueError:
@@ -41,7 +42,7 @@ def _find(store: Any, app: str, request_id: str, owner: str) -> tuple[AppId, Job
     return app_id, job
 
 
-def _lookup(store: Any, app: str, request_id: str, owner: str) -> tuple[AppId, Job]:
+def _lookup(store: JobStore, app: str, request_id: str, owner: str) -> tuple[AppId, Job]:
     found = _find(store, app, request_id, owner)
     if found is None:
         raise ApiError(404, "Request not found", headers={REQUEST_ID_HEADER: request_id})
@@ -64,11 +65,12 @@ def _routes(path: str, method: str, **kwargs: Any) -> Callable[[Callable[..., An
 
 @_routes(_PREFIX + "/status/stream", "GET", summary="Stream a request's status (SSE)", tags=["queue"])
 def stream_status(
-    request: Request, app: str, request_id: str, owner: OwnerDep, store: StoreDep, logs: str | None = None
+    request: Request, app: str, request_id: str, owner: OwnerDep, store: StoreDep, job_events: JobEventsDep,
+    logs: str | None = None,
 ) -> StreamingResponse:
     app_id, job = _lookup(store, app, request_id, owner)
     urls = RequestUrls.build(request_base_url(request), app_id.app, job.id)
-    events = status_events(store, job.id, urls, with_logs=parse_logs_flag(logs))
+    events = status_events(store, job_events, job.id, urls, with_logs=parse_logs_flag(logs))
     return StreamingResponse(
         events,
         media_type="text/event-stream",

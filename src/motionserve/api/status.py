@@ -17,10 +17,13 @@ import anyio
 from fastapi.responses import JSONResponse
 
 from motionserve.api.errors import ERROR_TYPE_HEADER, REQUEST_ID_HEADER, error_response
+from motionserve.api.job_events import JobEvents
 from motionserve.jobs.models import Job, JobState, LogLine
+from motionserve.jobs.protocols import JobStore
 
-# How often the SSE stream and the sync run look at the store for news.
-POLL_INTERVAL_S = 0.2
+# After a wake-up, wait this long before reading the store: changes that come in bursts (a log line
+# per denoising step, many jobs leaving the queue) then cost one read, not one each.
+MIN_REREAD_S = 0.05
 # An SSE comment this often while nothing changes, so idle-connection timeouts (proxies, load
 # balancers) do not cut a stream that waits for a long queue; clients ignore comments.
 KEEPALIVE_S = 15.0
@@ -129,39 +132,43 @@ def parse_logs_flag(value: str | None) -> bool:
 
 
 async def status_events(
-    store: Any,
+    store: JobStore,
+    events: JobEvents,
     job_id: str,
     urls: RequestUrls,
     *,
     with_logs: bool,
-    poll_interval_s: float = POLL_INTERVAL_S,
     keepalive_s: float = KEEPALIVE_S,
 ) -> AsyncIterator[str]:
     """SSE `data:` events: one per change (state, queue position, or new log lines), each carrying
     only the log lines not sent before (the JS client appends them); ends after COMPLETED.
-    Starlette cancels this generator when the client disconnects."""
+    The store is read only when the process's change watcher says this job (or, while it is queued,
+    the queue) changed. Starlette cancels this generator when the client disconnects."""
     last_key: tuple[Any, ...] | None = None
     last_seq = 0
     last_sent = time.monotonic()
-    while True:
-        job = await anyio.to_thread.run_sync(store.get, job_id)
-        if job is None:
-            return
-        new_logs: list[LogLine] | None = None
-        if with_logs:
-            new_logs = await anyio.to_thread.run_sync(store.logs, job_id, last_seq)
-            if new_logs:
-                last_seq = new_logs[-1].seq
-        position = await anyio.to_thread.run_sync(store.queue_position, job) if job.state is JobState.QUEUED else 0
-        key = (job.state, position)
-        if key != last_key or new_logs or job.is_terminal:
-            last_key = key
-            body = render_status(job, urls, queue_position=position, logs=new_logs)
-            yield f"data: {json.dumps(body, separators=(',', ':'))}\n\n"
-            last_sent = time.monotonic()
-        elif time.monotonic() - last_sent >= keepalive_s:
-            yield ": keepalive\n\n"
-            last_sent = time.monotonic()
-        if job.is_terminal:
-            return
-        await anyio.sleep(poll_interval_s)
+    with events.subscribe(job_id) as changes:
+        while True:
+            job = await anyio.to_thread.run_sync(store.get, job_id)
+            if job is None:
+                return
+            new_logs: list[LogLine] | None = None
+            if with_logs:
+                new_logs = await anyio.to_thread.run_sync(store.logs, job_id, last_seq)
+                if new_logs:
+                    last_seq = new_logs[-1].seq
+            changes.watch_queue = job.state is JobState.QUEUED
+            position = await anyio.to_thread.run_sync(store.queue_position, job) if changes.watch_queue else 0
+            key = (job.state, position)
+            if key != last_key or new_logs or job.is_terminal:
+                last_key = key
+                body = render_status(job, urls, queue_position=position, logs=new_logs)
+                yield f"data: {json.dumps(body, separators=(',', ':'))}\n\n"
+                last_sent = time.monotonic()
+            if job.is_terminal:
+                return
+            if await changes.wait(max(0.0, last_sent + keepalive_s - time.monotonic())):
+                await anyio.sleep(MIN_REREAD_S)  # coalesce bursts (a log line per step, a busy queue)
+            elif time.monotonic() - last_sent >= keepalive_s:
+                yield ": keepalive\n\n"
+                last_sent = time.monotonic()
