@@ -102,10 +102,10 @@ class FleetCollector(Collector):
 
     def describe(self) -> Iterator[Metric]:
         # Names only: registering the collector must not touch the database.
-        return iter(_families())
+        return iter((_database_up(), *_families()))
 
     def collect(self) -> Iterator[Metric]:
-        up = GaugeMetricFamily("motionserve_database_up", "1 if the fleet metrics could be read from the database.")
+        up = _database_up()
         try:
             with self._engine.connect() as conn, conn.begin():
                 families = self._read(conn)
@@ -119,16 +119,29 @@ class FleetCollector(Collector):
         yield from families
 
     def _read(self, conn: Connection) -> list[Metric]:
-        queue, running, worker_count, backlog, stored = _families()
+        queue, running, live, backlog, stored = _families()
+        self._jobs(conn, queue, running)
+        self._workers(conn, live)
+        backlog.add_metric([], conn.execute(
+            select(func.count()).select_from(webhooks).where(webhooks.c.state == "pending")  # ix_webhooks_due
+        ).scalar_one())
+        # No index on `kind`: a scan, of a table that file retention keeps bounded.
+        sizes = dict.fromkeys(FILE_KINDS, 0)
+        sizes.update(conn.execute(
+            select(files.c.kind, func.coalesce(func.sum(files.c.size), 0)).group_by(files.c.kind)
+        ).tuples().all())
+        for kind, size in sizes.items():
+            stored.add_metric([kind], int(size))  # PostgreSQL sums a BIGINT as NUMERIC
+        return [queue, running, live, backlog, stored]
 
-        # Both states in one pass over the (state, priority, seq) index.
+    def _jobs(self, conn: Connection, queue: GaugeMetricFamily, running: GaugeMetricFamily) -> None:
         depth = {(e, p): 0 for e in self._endpoints for p in PRIORITY_LABELS.values()}
         busy = {e: 0 for e in self._endpoints}
-        rows = conn.execute(
+        rows = conn.execute(  # both states in one pass over the (state, priority, seq) index
             select(jobs.c.state, jobs.c.endpoint_id, jobs.c.priority, func.count())
             .where(jobs.c.state.in_(("queued", "running")))
             .group_by(jobs.c.state, jobs.c.endpoint_id, jobs.c.priority)
-        ).all()
+        ).tuples().all()
         for state, endpoint, priority, count in rows:
             if state == "queued":
                 key = (endpoint, PRIORITY_LABELS.get(priority, str(priority)))
@@ -140,27 +153,20 @@ class FleetCollector(Collector):
         for endpoint, count in sorted(busy.items()):
             running.add_metric([endpoint], count)
 
-        cutoff = db_now(conn) - self._stale_after_s
-        live = dict.fromkeys(WORKER_STATES, 0)
-        live.update(conn.execute(
+    def _workers(self, conn: Connection, live: GaugeMetricFamily) -> None:
+        cutoff = db_now(conn) - self._stale_after_s  # last_seen is the database's clock too
+        counts = dict.fromkeys(WORKER_STATES, 0)
+        counts.update(conn.execute(
             select(workers.c.state, func.count())
             .where(workers.c.last_seen >= cutoff, workers.c.state != "stopped")
             .group_by(workers.c.state)
         ).tuples().all())
-        for state, count in live.items():
-            worker_count.add_metric([state], count)
+        for state, count in counts.items():
+            live.add_metric([state], count)
 
-        backlog.add_metric([], conn.execute(
-            select(func.count()).select_from(webhooks).where(webhooks.c.state == "pending")
-        ).scalar_one())
 
-        sizes = dict.fromkeys(FILE_KINDS, 0)
-        sizes.update(conn.execute(
-            select(files.c.kind, func.coalesce(func.sum(files.c.size), 0)).group_by(files.c.kind)
-        ).tuples().all())
-        for kind, size in sizes.items():
-            stored.add_metric([kind], int(size))
-        return [queue, running, worker_count, backlog, stored]
+def _database_up() -> GaugeMetricFamily:
+    return GaugeMetricFamily("motionserve_database_up", "1 if the fleet metrics could be read from the database.")
 
 
 def _families() -> tuple[GaugeMetricFamily, ...]:

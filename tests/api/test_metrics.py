@@ -122,6 +122,27 @@ def test_an_unreachable_database_is_reported_not_raised(api: Api) -> None:
     assert samples == {"motionserve_database_up": 0}
 
 
+def test_the_fleet_queries_run_on_postgres(postgres_url: str) -> None:
+    from motionserve.jobs.store import Store
+
+    store = Store(postgres_url)
+    try:
+        store.create_all()
+        store.submit(owner="o", endpoint_id=ECHO, input={}, priority=1, base_url="http://x")
+        with store.engine.begin() as conn:
+            conn.execute(insert(files), [{"token": "t", "file_name": "f", "content_type": "video/mp4", "size": 7,
+                                          "created_at": time.time(), "kind": "output"}])
+        text = metrics.render(metrics.FleetCollector(store.engine, stale_after_s=90, endpoints=[ECHO])).decode()
+    finally:
+        store.close()
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for f in text_string_to_metric_families(text) for s in f.samples}
+    assert samples[("motionserve_database_up", ())] == 1
+    assert samples[("motionserve_queue_depth", (("endpoint", ECHO), ("priority", "low")))] == 1
+    assert samples[("motionserve_files_bytes", (("kind", "output"),))] == 7
+    assert samples[("motionserve_workers", (("state", "idle"),))] == 0
+
+
 def test_multiprocess_mode_sums_every_process(tmp_path) -> None:
     """With PROMETHEUS_MULTIPROC_DIR, values recorded by two processes are exposed together."""
     record = (
