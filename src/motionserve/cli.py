@@ -63,6 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
     revoke.add_argument("key_id")
     _store_flags(revoke)
 
+    db = sub.add_parser("db", help="the database schema").add_subparsers(dest="db_command", required=True)
+    _store_flags(db.add_parser("upgrade", help="migrate the database to this version's schema"))
+    _store_flags(db.add_parser("current", help="print the database's schema revision"))
+    downgrade = db.add_parser("downgrade", help="migrate the database back, e.g. before running an older release")
+    downgrade.add_argument("revision", help="the revision to go back to ('base': no tables)")
+    _store_flags(downgrade)
+
     models = sub.add_parser("models", help="manage model weights").add_subparsers(dest="models_command", required=True)
     pull = models.add_parser("pull", help="download every checkpoint the configured weights need")
     pull.add_argument("--weights", help="'real' or a JSON checkpoint map")
@@ -110,6 +117,31 @@ def _keys(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _db(args: argparse.Namespace, settings: Settings) -> int:
+    from motionserve import migrations
+
+    url = settings.resolved_database_url
+    try:
+        before = migrations.current(url)
+        if args.db_command == "upgrade":
+            migrations.upgrade(url)
+        elif args.db_command == "downgrade":
+            migrations.downgrade(url, args.revision)
+    except migrations.SchemaOutOfDate as exc:
+        print(f"motionserve: {exc}", file=sys.stderr)
+        return 1
+    head = migrations.head()
+    after = migrations.current(url)
+    state = "head" if after == head else f"head is {head}"
+    if args.db_command == "current":
+        print(f"{after or 'none (empty database)'} ({state})")
+    elif before == after:
+        print(f"database schema: already at {after or 'none'} ({state})")
+    else:
+        print(f"database schema: {before or 'none'} -> {after or 'none'} ({state})")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
@@ -124,6 +156,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         work(settings)
     elif args.command == "keys":
         return _keys(args, settings)
+    elif args.command == "db":
+        return _db(args, settings)
     elif args.command == "models":
         from motionserve.inference.weights import pull
 

@@ -38,12 +38,21 @@ def detect_devices() -> tuple[str, ...]:
 
 
 def open_store(settings: Settings) -> Any:
+    """The job store, its database brought to (or, without auto_migrate, checked to be at) the
+    newest schema; exits with one line for the operator when it is not and may not be."""
     from motionserve.jobs.store import Store
+    from motionserve.migrations import SchemaOutOfDate, require_head, upgrade
 
     Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
-    store = Store(settings.resolved_database_url)
-    store.create_all()
-    return store
+    url = settings.resolved_database_url
+    try:
+        if settings.auto_migrate:
+            upgrade(url)
+        else:
+            require_head(url)
+    except SchemaOutOfDate as exc:
+        raise SystemExit(f"motionserve: {exc}") from None
+    return Store(url)
 
 
 def open_file_store(settings: Settings) -> LocalFileStore:
