@@ -112,6 +112,7 @@ def test_oversized_body_is_413_json(api: Api) -> None:
         ("X-Fal-Request-Timeout", "-3"),
         ("X-Fal-Object-Lifecycle-Preference", "{bad"),
         ("X-Fal-Object-Lifecycle-Preference", '{"expiration_duration_seconds": -1}'),
+        ("X-Fal-Runner-Hint", "h" * 201),
     ],
 )
 def test_bad_fal_headers_are_422_naming_the_header(api: Api, header: str, value: str) -> None:
@@ -125,6 +126,14 @@ def test_other_fal_headers_are_accepted(api: Api) -> None:
     headers = {"X-Fal-Runner-Hint": "abc", "x-fal-no-retry": "1", "X-Fal-Request-Timeout": "30.0"}
     api.submit(headers=headers)
     api.submit(headers={"x-fal-request-timeout": "30"})
+
+
+def test_runner_hint_and_no_retry_are_kept_with_the_job(api: Api) -> None:
+    hinted = api.submit(headers={"X-Fal-Runner-Hint": "loras:ghibli", "X-Fal-No-Retry": "true"})["request_id"]
+    plain = api.submit(headers={"X-Fal-No-Retry": "0"})["request_id"]
+    job, other = api.store.get(hinted), api.store.get(plain)
+    assert job.runner_hint == "loras:ghibli" and job.no_retry  # type: ignore[union-attr]
+    assert other.runner_hint is None and not other.no_retry  # type: ignore[union-attr]
 
 
 def test_request_timeout_expires_queued_job_as_user_504(api: Api) -> None:

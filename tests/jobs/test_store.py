@@ -6,7 +6,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from motionserve.jobs.models import CancelOutcome, JobState, Priority
+from motionserve.jobs.models import CancelOutcome, ClaimPreference, JobState, Priority
 from motionserve.jobs.store import Store
 
 
@@ -46,6 +46,36 @@ def test_claim_filters_endpoints(store: Store) -> None:
     assert store.claim("w", 30, endpoint_ids=["b/y"]).id == b.id  # type: ignore[union-attr]
     assert store.claim("w", 30, endpoint_ids=["c/z"]) is None
     assert store.claim("w", 30).id == a.id  # type: ignore[union-attr]
+
+
+def test_claim_prefers_warm_pipelines_and_runner_hints_but_never_starves(store: Store, clock) -> None:  # type: ignore[no-untyped-def]
+    svd = "fal-ai/fast-svd-lcm"
+    t2v = submit(store, endpoint_id="fal-ai/fast-animatediff/text-to-video")
+    clock.advance(1)
+    warm = submit(store, endpoint_id=svd)
+    hinted = submit(store, endpoint_id=svd, runner_hint="loras:ghibli")
+    low = submit(store, endpoint_id=svd, runner_hint="loras:ghibli", priority=Priority.LOW)
+    prefer = ClaimPreference(warm_endpoints=frozenset({svd}), hints=frozenset({"loras:ghibli"}), max_wait_s=30)
+    # The hint it ran last beats a merely warm pipeline, which beats submit order; priority still first.
+    assert store.claim("w1", 30, prefer=prefer).id == hinted.id  # type: ignore[union-attr]
+    assert store.claim("w1", 30, prefer=prefer).id == warm.id  # type: ignore[union-attr]
+    fresh = submit(store, endpoint_id=svd)
+    clock.advance(30)  # t2v has now waited 31 s > max_wait_s: its age wins over this worker's taste
+    assert store.claim("w1", 30, prefer=prefer).id == t2v.id  # type: ignore[union-attr]
+    assert store.claim("w1", 30, prefer=prefer).id == fresh.id  # type: ignore[union-attr]
+    assert store.claim("w1", 30, prefer=prefer).id == low.id  # type: ignore[union-attr]
+
+
+def test_no_retry_jobs_fail_instead_of_running_again_when_their_worker_dies(store: Store, clock) -> None:  # type: ignore[no-untyped-def]
+    once = submit(store, no_retry=True)
+    again = submit(store)
+    assert store.claim("w", 10) is not None and store.claim("w", 10) is not None
+    clock.advance(11)
+    assert store.reclaim_expired(max_attempts=3) == 2
+    failed, requeued = store.get(once.id), store.get(again.id)
+    assert failed.state is JobState.FAILED and failed.error["error_type"] == "runner_disconnected"  # type: ignore[union-attr,index]
+    assert "X-Fal-No-Retry" in failed.error["detail"]  # type: ignore[union-attr,index]
+    assert requeued.state is JobState.QUEUED  # type: ignore[union-attr]
 
 
 def test_claim_marks_running_with_lease(store: Store, clock) -> None:  # type: ignore[no-untyped-def]
