@@ -87,3 +87,8 @@ def create_model_manager(settings: Any, device: str) -> Any:
     global MODEL_MANAGERS_CREATED
     MODEL_MANAGERS_CREATED += 1
     return {"device": device}
+
+
+def warm_endpoints(models: Any) -> list[str]:
+    """Like the real registry: the endpoints whose pipelines the model manager has loaded."""
+    return ["test/echo"] if models is not None else []

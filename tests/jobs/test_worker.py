@@ -33,8 +33,8 @@ def wait_for(predicate: Callable[[], Any], what: str, timeout: float = WAIT_S) -
 class Running:
     """A supervisor running in a thread, as `motionserve serve` runs one per device."""
 
-    def __init__(self, tmp_path: Path, **kwargs: Any) -> None:
-        self.settings = Settings(data_dir=tmp_path, lease_s=6.0, max_attempts=2)
+    def __init__(self, tmp_path: Path, settings: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        self.settings = Settings(data_dir=tmp_path, lease_s=6.0, max_attempts=2, **(settings or {}))
         self.store = Store(self.settings.resolved_database_url)
         self.store.create_all()
         self.supervisor = WorkerSupervisor(self.settings, self.store, "cpu", registry_module=kwargs.pop("registry_module", REGISTRY), **kwargs)
@@ -173,6 +173,39 @@ def test_stopping_the_worker_returns_its_job_to_the_queue(tmp_path: Path) -> Non
     back = Store(running.settings.resolved_database_url).get(job.id)  # the running one was closed
     assert back is not None and back.state is JobState.QUEUED and back.worker_id is None
     wait_for(lambda: not _alive(pid), "the model process to exit")
+
+
+def test_the_worker_is_in_the_registry_with_what_it_has_warm(worker: Running) -> None:
+    worker.wait_done(worker.submit("echo", message="warm up", steps=1))
+    me = wait_for(
+        lambda: [w for w in worker.store.live_workers(seen_within_s=30)
+                 if w.id == worker.supervisor.worker_id and w.state == "idle" and w.warm],
+        "the registry to show the idle worker",
+    )[0]
+    assert me.warm == ("test/echo",) and me.device == "cpu" and me.pid == os.getpid() and me.current_job is None
+
+
+def test_a_job_past_the_execution_limit_is_killed_and_fails(tmp_path: Path) -> None:
+    running = Running(tmp_path, settings={"job_timeout_s": 1.0})
+    try:
+        hung = running.wait_done(running.submit("stubborn", message="x"))
+        assert hung.state is JobState.FAILED and hung.error["status_code"] == 504  # type: ignore[index]
+        assert "limit of 1 s" in hung.error["detail"]  # type: ignore[index]
+        after = running.wait_done(running.submit("echo", message="next", steps=1))
+        assert after.state is JobState.SUCCEEDED  # a fresh model process took over
+    finally:
+        running.close()
+
+
+def test_a_stopping_worker_lets_its_job_finish_within_the_drain_timeout(tmp_path: Path) -> None:
+    running = Running(tmp_path, shutdown_grace_s=60.0)
+    job = running.submit("echo", message="almost done", steps=20, step_s=0.05)
+    running.wait_state(job, JobState.RUNNING)
+    running.close()  # what SIGTERM does to `motionserve worker`
+    store = Store(running.settings.resolved_database_url)
+    done = store.get(job.id)
+    assert done is not None and done.state is JobState.SUCCEEDED
+    assert store.live_workers(seen_within_s=30) == []  # it said it stopped
 
 
 def test_model_process_that_cannot_start_claims_nothing(tmp_path: Path) -> None:
