@@ -4,14 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import os
-import uuid
-
 import pytest
 
 from motionserve.config import Settings
 from motionserve.jobs.models import Job
 from motionserve.jobs.store import Store
+from tests.services import fresh_postgres_database
 
 from .common import SMALL_T2V, T2V, download
 from .http_queue import QueueClient, Submitted
@@ -26,29 +24,14 @@ LEASE_ENV = {"MOTIONSERVE_LEASE_S": "3"}
 MEDIUM_T2V: dict[str, Any] = {**SMALL_T2V, "num_inference_steps": 25, "video_size": {"width": 96, "height": 96}}
 
 
-# Where a throwaway PostgreSQL database can be created (trust auth); the test is skipped without one.
-PG_ADMIN_URL = os.environ.get("MOTIONSERVE_E2E_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/test")
-
-
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_url(request: pytest.FixtureRequest) -> Any:
-    """None (SQLite in the data dir) or a fresh PostgreSQL database, dropped afterwards."""
+    """None (SQLite in the data dir) or a fresh PostgreSQL database (tests/services.py), dropped afterwards."""
     if request.param == "sqlite":
         yield None
         return
-    psycopg = pytest.importorskip("psycopg")
-    try:
-        admin = psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError as exc:
-        pytest.skip(f"PostgreSQL not reachable at {PG_ADMIN_URL}: {exc}")
-    name = f"motionserve_e2e_{uuid.uuid4().hex[:12]}"
-    with admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-        try:
-            base = PG_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1)
-            yield f"{base}/{name}"
-        finally:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with fresh_postgres_database("motionserve_e2e") as url:
+        yield url
 
 
 def assert_completed_with_video(client: QueueClient, server: Server, job: Submitted) -> None:
