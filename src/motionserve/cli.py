@@ -12,6 +12,8 @@ import sys
 from datetime import datetime, timezone
 from typing import Any, Sequence
 
+from pydantic import ValidationError
+
 from motionserve import __version__
 from motionserve.config import Settings
 
@@ -24,6 +26,7 @@ def _store_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _worker_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--storage-url", help="s3://bucket[/prefix] for files (default: local files in the data dir)")
     p.add_argument("--weights", help="'real', 'tiny' (small random models, for tests) or a JSON checkpoint map")
     p.add_argument("--devices", help="comma-separated, e.g. cuda:0,cuda:1 or cpu (default: every GPU, else cpu)")
 
@@ -80,8 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
 def settings_from_args(args: argparse.Namespace) -> Settings:
     """Settings from the environment with the flags that were given on top."""
     overrides: dict[str, Any] = {}
-    for name in ("host", "port", "data_dir", "database_url", "tls_cert", "tls_key", "weights", "public_url",
-                 "allow_private_urls", "max_frames", "metrics_port"):
+    for name in ("host", "port", "data_dir", "database_url", "storage_url", "tls_cert", "tls_key", "weights",
+                 "public_url", "allow_private_urls", "max_frames", "metrics_port"):
         value = getattr(args, name, None)
         if value is not None:
             overrides[name] = value
@@ -145,7 +148,13 @@ def _db(args: argparse.Namespace, settings: Settings) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    settings = settings_from_args(args)
+    try:
+        settings = settings_from_args(args)
+    except ValidationError as exc:
+        for error in exc.errors():
+            name = ".".join(str(p) for p in error["loc"])
+            print(f"motionserve: bad setting MOTIONSERVE_{name.upper()}: {error['msg']}", file=sys.stderr)
+        return 2
     if args.command == "serve":
         from motionserve.api.server import serve
 

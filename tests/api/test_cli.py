@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from motionserve.api.server import BackgroundServices, add_file_cleanup, detect_devices, ensure_admin_key
+from motionserve.api.server import BackgroundServices, detect_devices, ensure_admin_key
 from motionserve.cli import build_parser, main, settings_from_args
 from motionserve.jobs.store import Store
 from motionserve.storage.local import LocalFileStore
@@ -79,18 +79,6 @@ def test_first_start_key_is_written_0600_once(tmp_path: Path) -> None:
     store.close()
 
 
-def test_file_cleanup_thread_deletes_expired_files(tmp_path: Path) -> None:
-    files = LocalFileStore(tmp_path)
-    old = files.put(b"x", content_type="text/plain", file_name="x", expires_at=time.time() - 1)
-    services = BackgroundServices()
-    add_file_cleanup(services, files, interval_s=0.05)
-    services.start()
-    deadline = time.monotonic() + 10
-    while (tmp_path / "objects" / old.token).exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    services.stop()
-    assert not (tmp_path / "objects" / old.token).exists()
-
 
 def test_background_service_errors_do_not_escape(tmp_path: Path) -> None:
     services = BackgroundServices()
@@ -100,11 +88,10 @@ def test_background_service_errors_do_not_escape(tmp_path: Path) -> None:
         ran.set()
         raise RuntimeError("boom")
 
-    services.add("broken", broken, kind="worker", device="cpu")
+    services.add("broken", broken)
     services.start()
     assert ran.wait(5)
-    services.stop()
-    assert services.workers_info() == [{"kind": "worker", "device": "cpu", "alive": False}]
+    services.stop()  # joins the (ended) thread: the error stayed inside it
 
 
 def test_detect_devices_honours_cuda_visible_devices(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -144,3 +131,11 @@ def test_serve_starts_answers_health_and_stops_on_sigterm(tmp_path: Path) -> Non
         output, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0, output
     assert key.split(":")[1] not in output  # the secret never reaches the logs
+
+
+def test_a_bad_setting_stops_the_command_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MOTIONSERVE_FILE_DELIVERY", "cdn")
+    assert main(["worker", "--data-dir", str(tmp_path)]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line == "motionserve: bad setting MOTIONSERVE_FILE_DELIVERY: Input should be 'redirect' or 'proxy'"
