@@ -36,7 +36,7 @@ STARTUP_TIMEOUT_S = 180.0
 
 @dataclass
 class BenchServer:
-    """A `motionserve serve` on 127.0.0.1 with its in-process worker on one device."""
+    """A `motionserve serve` on 127.0.0.1, with its in-process worker on one device unless `workers=False`."""
 
     data_dir: Path
     port: int
@@ -47,12 +47,16 @@ class BenchServer:
         return f"http://127.0.0.1:{self.port}"
 
     @classmethod
-    def start(cls, data_dir: Path, *, weights: str, device: str, log_dir: Path, name: str) -> "BenchServer":
+    def start(
+        cls, data_dir: Path, *, weights: str, log_dir: Path, name: str, device: str | None = None, workers: bool = True,
+    ) -> "BenchServer":
+        """`device=None` leaves the choice to the server (every GPU, else the CPU)."""
         port = free_port()
-        args = [
-            "serve", "--host", "127.0.0.1", "--port", str(port), "--data-dir", str(data_dir),
-            "--weights", weights, "--devices", device,
-        ]
+        args = ["serve", "--host", "127.0.0.1", "--port", str(port), "--data-dir", str(data_dir), "--weights", weights]
+        if device is not None:
+            args += ["--devices", device]
+        if not workers:
+            args.append("--no-workers")
         process = ManagedProcess(name, args, log_dir / f"{name}.log", base_env()).start()
         server = cls(data_dir, port, process)
         try:

@@ -18,11 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,61 +27,16 @@ from typing import Any, Awaitable, Callable
 
 import httpx
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import BenchServer  # noqa: E402
+
 T2V = "fal-ai/fast-animatediff/text-to-video"
 PAYLOAD = {"prompt": "bench", "video_size": {"width": 64, "height": 64}, "num_frames": 8, "num_inference_steps": 2, "fps": 8}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class ServerProcess:
-    def __init__(self, data_dir: Path, *, workers: bool, log: Path) -> None:
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.data_dir = data_dir
-        args = [sys.executable, "-m", "motionserve", "serve", "--host", "127.0.0.1", "--port", str(self.port),
-                "--data-dir", str(data_dir), "--weights", "tiny"]
-        if not workers:
-            args.append("--no-workers")
-        env = {k: v for k, v in os.environ.items() if not k.startswith("MOTIONSERVE_")}
-        env.setdefault("HF_HUB_OFFLINE", "1")
-        self.log = open(log, "wb")
-        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        self._wait_healthy()
-
-    def _wait_healthy(self, timeout_s: float = 120) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}; see {self.log.name}")
-            try:
-                if httpx.get(f"{self.base}/health", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError(f"server not healthy after {timeout_s}s; see {self.log.name}")
-
-    def create_key(self) -> str:
-        out = subprocess.run([sys.executable, "-m", "motionserve", "keys", "create", "--data-dir", str(self.data_dir)],
-                             capture_output=True, text=True, check=True, timeout=120)
-        return out.stdout.strip().splitlines()[-1]
-
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            pass
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.proc.wait()
-        self.log.close()
+def start_server(root: Path, name: str, *, workers: bool) -> BenchServer:
+    return BenchServer.start(root / name, weights="tiny", log_dir=root, name=name, workers=workers)
 
 
 async def measure_rps(total: int, concurrency: int, call: Callable[[int], Awaitable[httpx.Response]],
@@ -111,10 +62,10 @@ async def measure_rps(total: int, concurrency: int, call: Callable[[int], Awaita
     return total / elapsed, results
 
 
-async def api_throughput(server: ServerProcess, key: str, total: int, concurrency: int) -> dict[str, float]:
+async def api_throughput(server: BenchServer, key: str, total: int, concurrency: int) -> dict[str, float]:
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     headers = {"Authorization": f"Key {key}"}
-    async with httpx.AsyncClient(base_url=server.base, headers=headers, limits=limits, timeout=60) as http:
+    async with httpx.AsyncClient(base_url=server.base_url, headers=headers, limits=limits, timeout=60) as http:
         await measure_rps(50, concurrency, lambda i: http.get("/health"))  # warm connections
         health_rps, _ = await measure_rps(total, concurrency, lambda i: http.get("/health"))
         submit_rps, submitted = await measure_rps(
@@ -125,14 +76,14 @@ async def api_throughput(server: ServerProcess, key: str, total: int, concurrenc
     return {"health_rps": health_rps, "submit_rps": submit_rps, "status_rps": status_rps}
 
 
-def queue_wait(server: ServerProcess, key: str, samples: int) -> list[float]:
+def queue_wait(server: BenchServer, key: str, samples: int) -> list[float]:
     """Submit to an idle worker one request at a time; the store says when each was started."""
     from motionserve.config import Settings
     from motionserve.jobs.store import Store
 
     store = Store(Settings(data_dir=server.data_dir).resolved_database_url)
     waits: list[float] = []
-    with httpx.Client(base_url=server.base, headers={"Authorization": f"Key {key}"}, timeout=300) as http:
+    with httpx.Client(base_url=server.base_url, headers={"Authorization": f"Key {key}"}, timeout=300) as http:
         for i in range(samples + 1):  # the first one loads the models: not a queue wait, dropped
             r = http.post(f"/queue/{T2V}", json={**PAYLOAD, "seed": i})
             r.raise_for_status()
@@ -162,12 +113,12 @@ def main() -> None:
     figures: dict[str, Any] = {"requests": args.requests, "concurrency": args.concurrency}
     with tempfile.TemporaryDirectory(prefix="motionserve-bench-") as tmp:
         root = Path(tmp)
-        api = ServerProcess(root / "api", workers=False, log=root / "api.log")
+        api = start_server(root, "api", workers=False)
         try:
             figures.update(asyncio.run(api_throughput(api, api.create_key(), args.requests, args.concurrency)))
         finally:
             api.stop()
-        full = ServerProcess(root / "full", workers=True, log=root / "full.log")
+        full = start_server(root, "full", workers=True)
         try:
             waits = queue_wait(full, full.create_key(), args.wait_samples)
         finally:

@@ -68,17 +68,3 @@ class JobCancelledError(MotionserveError):
 
     status_code = 499
     error_type = "client_cancelled"
-
-
-class RequestTimeoutError(MotionserveError):
-    """The request did not start before its `X-Fal-Request-Timeout` deadline."""
-
-    status_code = 504
-    error_type = "request_timeout"
-
-
-class WorkerCrashedError(MotionserveError):
-    """The model process died (OOM, segfault, kill) while running the request."""
-
-    status_code = 503
-    error_type = "runner_disconnected"

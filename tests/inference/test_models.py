@@ -16,9 +16,16 @@ from diffusers import (
 )
 
 from motionserve.config import Settings
+from motionserve.endpoints.base import ModelManagerLike
+from motionserve.endpoints.registry import warm_endpoints
 from motionserve.errors import ModelUnavailableError
 from motionserve.inference.models import LCM_ADAPTER, ModelManager, _module_bytes
-from motionserve.inference.weights import LoraSourceError, MOTIONS
+from motionserve.inference.motions import MOTIONS
+from motionserve.inference.weights import LoraSourceError
+
+
+def test_it_is_what_handlers_expect_of_ctx_models(tiny_models: ModelManager) -> None:
+    assert isinstance(tiny_models, ModelManagerLike)
 
 
 def test_device_and_dtype(tiny_models: ModelManager) -> None:
@@ -62,6 +69,7 @@ def test_svd_lcm_delegates_to_the_svd_loader(tiny_models: ModelManager) -> None:
     pipe = tiny_models.svd_lcm()
     assert isinstance(pipe, StableVideoDiffusionPipeline)
     assert tiny_models.svd_lcm() is pipe
+    assert "fal-ai/fast-svd-lcm" in warm_endpoints(tiny_models)
 
 
 def test_motion_loras_are_found_and_cached(tiny_models: ModelManager) -> None:
@@ -101,6 +109,10 @@ def test_using_a_pipeline_makes_it_most_recent(models_dir: Path, tiny_weights: P
     manager.turbo()
     manager.video_to_video()
     assert manager.loaded() == ["turbo", "animatediff"]
+    # The group names the endpoints declare are the manager's own.
+    assert warm_endpoints(manager) == [
+        "fal-ai/animatediff-v2v/turbo", "fal-ai/fast-animatediff/text-to-video", "fal-ai/fast-animatediff/video-to-video",
+    ]
 
 
 def test_from_settings_budget(models_dir: Path, tiny_weights: Path) -> None:

@@ -14,8 +14,9 @@ from safetensors.torch import load_file
 from transformers import CLIPTokenizer
 
 from motionserve.inference import tiny
+from motionserve.inference.motions import MOTIONS
 from motionserve.inference.tiny import build_tiny_weights, ensure_tiny_weights
-from motionserve.inference.weights import MOTIONS, Checkpoints
+from motionserve.inference.weights import Checkpoints
 
 
 def test_every_component_is_saved_in_its_real_layout(tiny_weights: Path) -> None:

@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 
 from motionserve.config import Settings
+from motionserve.endpoints.text_to_video import Motion
 from motionserve.errors import ModelUnavailableError
+from motionserve.inference.motions import MOTIONS
 from motionserve.inference.weights import (
     DEFAULT_MAP,
-    MOTIONS,
     Checkpoints,
     LoraSourceError,
     load_checkpoints,
@@ -32,6 +33,10 @@ def test_real_defaults_name_the_published_checkpoints(tmp_path: Path) -> None:
     svd_lcm = checkpoints["svd_lcm_unet"]
     assert (svd_lcm.source, svd_lcm.file) == ("wangfuyun/AnimateLCM-SVD-xt", "AnimateLCM-SVD-xt-1.1.safetensors")
     assert not any(c.is_local for c in checkpoints)
+
+
+def test_every_motion_the_endpoints_offer_has_a_lora() -> None:
+    assert [m.value for m in Motion] == list(MOTIONS)
 
 
 def test_a_json_map_overrides_entries_and_resolves_relative_paths(tmp_path: Path) -> None:

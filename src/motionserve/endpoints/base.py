@@ -9,11 +9,17 @@ knowing where the request came from.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from motionserve.errors import InputValidationError
+
+if TYPE_CHECKING:
+    # Types only: importing endpoints must not load torch/diffusers (the API process imports them).
+    import torch
+    from diffusers import AnimateDiffPipeline, AnimateDiffVideoToVideoPipeline, DiffusionPipeline
 
 
 class File(BaseModel):
@@ -32,12 +38,53 @@ class Limits:
     max_frames: int = 128  # AnimateDiff frames per request (beyond 32 uses context windows)
 
 
+@runtime_checkable
+class ModelManagerLike(Protocol):
+    """What handlers use of the model process's warm pipelines: `motionserve.inference.models.ModelManager`.
+
+    Declared here, and satisfied structurally, so that endpoints can name it without importing the
+    inference layer. Each getter loads its pipeline group on first use and keeps it warm.
+    """
+
+    @property
+    def device(self) -> "torch.device":
+        """Where the pipelines run; generators and prompt embeddings are made there."""
+
+    @property
+    def dtype(self) -> "torch.dtype":
+        """The pipelines' precision (fp16 on CUDA, fp32 on CPU)."""
+
+    def text_to_video(self) -> "AnimateDiffPipeline":
+        """AnimateDiff (SD1.5 + motion adapter v1-5-2); group "animatediff"."""
+
+    def video_to_video(self) -> "AnimateDiffVideoToVideoPipeline":
+        """Video-to-video over the same modules as `text_to_video()`; group "animatediff"."""
+
+    def turbo(self) -> "AnimateDiffVideoToVideoPipeline":
+        """AnimateLCM video-to-video with the LCM LoRA as adapter "lcm"; group "turbo"."""
+
+    def svd_lcm(self) -> "DiffusionPipeline":
+        """SVD-XT 1.1 with the AnimateLCM-SVD UNet; group "svd_lcm"."""
+
+    def motion_lora_state_dict(self, motion: str) -> Mapping[str, "torch.Tensor"]:
+        """A motion LoRA's weights (e.g. "zoom-in"), kept in memory after the first read."""
+
+    def resolve_lora(self, source: str) -> Path:
+        """A user LoRA's weights file; raises a ValueError with a user-facing message when it cannot be had."""
+
+    def loaded(self) -> list[str]:
+        """Names of the warm pipeline groups (the `Endpoint.pipeline_group` values), least recently used first."""
+
+
 class RunContext(Protocol):
     """What a handler may ask of the service while it runs. Implemented in motionserve.jobs.runner."""
 
     request_id: str
     limits: Limits
-    models: Any  # motionserve.inference.models.ModelManager: warm pipelines, device, dtype
+
+    @property
+    def models(self) -> ModelManagerLike:
+        """The model process's warm pipelines (built on first access)."""
 
     def log(self, message: str, level: str = "INFO") -> None:
         """Append a line to the request's logs (seen by clients with logs=true)."""
@@ -74,6 +121,8 @@ class Endpoint:
     run: Callable[[Any, RunContext], BaseModel]
     check: Callable[[Any, Limits], None] | None = None
     tags: tuple[str, ...] = field(default_factory=tuple)
+    # The ModelManager group (a `ModelManagerLike.loaded()` name) whose pipelines `run` uses; None: no model.
+    pipeline_group: str | None = None
 
     def validate(self, payload: Any, limits: Limits) -> BaseModel:
         """Parse a JSON payload into the input model; raise fal-shaped InputValidationError."""

@@ -177,4 +177,5 @@ ENDPOINT = Endpoint(
     output_model=Output,
     run=run,
     tags=("image-to-video", "svd", "lcm"),
+    pipeline_group="svd_lcm",
 )

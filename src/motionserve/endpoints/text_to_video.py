@@ -172,4 +172,5 @@ ENDPOINT = Endpoint(
     run=run,
     check=check,
     tags=("animation", "text-to-video"),
+    pipeline_group="animatediff",
 )

@@ -187,4 +187,5 @@ ENDPOINT = Endpoint(
     output_model=Output,
     run=run,
     tags=("video-to-video", "animatediff", "turbo"),
+    pipeline_group="turbo",
 )

@@ -150,4 +150,5 @@ ENDPOINT = Endpoint(
     run=run,
     check=check,
     tags=("animation", "stylized", "video-to-video"),
+    pipeline_group="animatediff",
 )

@@ -21,7 +21,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from motionserve.inference.weights import MOTIONS
+from motionserve.inference.motions import MOTIONS
 
 if TYPE_CHECKING:
     import torch

@@ -25,19 +25,10 @@ from typing import Any, Callable, Iterator, Literal
 
 from motionserve.config import Settings
 from motionserve.errors import ModelUnavailableError
+from motionserve.inference.motions import MOTIONS
+from motionserve.inference.tiny import ensure_tiny_weights
 
 Kind = Literal["pipeline", "model", "file"]
-
-MOTIONS: tuple[str, ...] = (
-    "zoom-in",
-    "zoom-out",
-    "pan-left",
-    "pan-right",
-    "tilt-up",
-    "tilt-down",
-    "rolling-clockwise",
-    "rolling-anticlockwise",
-)
 
 # What each entry is: a diffusers pipeline folder, a single diffusers model folder, or one file.
 KINDS: dict[str, Kind] = {
@@ -161,8 +152,6 @@ def load_checkpoints(weights: str, *, tiny_root: Path, cache_dir: Path | None = 
     if weights == "real":
         return Checkpoints.from_map(DEFAULT_MAP, cache_dir=cache_dir)
     if weights == "tiny":
-        from motionserve.inference.tiny import ensure_tiny_weights
-
         map_path = ensure_tiny_weights(tiny_root) / "weights.json"
         return Checkpoints.from_map(_read_map(map_path), base_dir=map_path.parent, cache_dir=cache_dir)
     map_path = Path(weights).expanduser()
