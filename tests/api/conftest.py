@@ -17,7 +17,7 @@ from motionserve.endpoints.base import Endpoint, EndpointInput, File, Limits
 from motionserve.errors import InputValidationError
 from motionserve.jobs.models import Job, error_dict
 from motionserve.jobs.store import Store
-from motionserve.storage.local import LocalFileStore
+from motionserve.storage import FileStore, open_file_store
 
 
 class EchoInput(EndpointInput):
@@ -79,7 +79,7 @@ class StoreWorker:
 class Api:
     client: TestClient
     store: Store
-    file_store: LocalFileStore
+    file_store: FileStore
     settings: Settings
     key: str  # "KEY_ID:SECRET" of owner alice
     worker: StoreWorker
@@ -100,14 +100,16 @@ class Api:
 
 
 def make_api(tmp_path: Path, **settings_overrides: Any) -> Iterator[Api]:
+    settings_overrides.setdefault("database_url", f"sqlite:///{tmp_path / 'test.db'}")
     settings = Settings(data_dir=tmp_path, max_frames=32, **settings_overrides)
-    store = Store(f"sqlite:///{tmp_path / 'test.db'}")
+    store = Store(settings.resolved_database_url)
     store.create_all()
-    file_store = LocalFileStore(settings.files_dir, max_bytes=settings.max_upload_bytes)
+    file_store = open_file_store(settings)
     app = create_app(settings, store, file_store, endpoints=ENDPOINTS)
     key_id, secret = store.create_key("alice")
     with TestClient(app, raise_server_exceptions=False) as client:
         yield Api(client, store, file_store, settings, f"{key_id}:{secret}", StoreWorker(store))
+    file_store.close()
     store.close()
 
 

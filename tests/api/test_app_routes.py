@@ -181,10 +181,12 @@ def test_real_endpoints_documents(tmp_path: Path) -> None:
     from motionserve.api.app import create_app
     from motionserve.config import Settings
     from motionserve.jobs.store import Store
-    from motionserve.storage.local import LocalFileStore
+    from motionserve.storage import open_file_store
 
-    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
-    app = create_app(Settings(data_dir=tmp_path), store, LocalFileStore(tmp_path / "files"))
+    settings = Settings(data_dir=tmp_path)
+    store = Store(settings.resolved_database_url)
+    store.create_all()
+    app = create_app(settings, store, open_file_store(settings))
     client = TestClient(app)
     expected = {
         "fal-ai/fast-animatediff/text-to-video": "FastAnimatediffTextToVideoInput",

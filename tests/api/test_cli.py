@@ -18,7 +18,6 @@ import pytest
 from motionserve.api.server import BackgroundServices, detect_devices, ensure_admin_key
 from motionserve.cli import build_parser, main, settings_from_args
 from motionserve.jobs.store import Store
-from motionserve.storage.local import LocalFileStore
 
 
 def _env(tmp_path: Path, **extra: str) -> dict[str, str]:

@@ -21,7 +21,7 @@ import uvicorn
 from motionserve.api.app import create_app
 from motionserve.config import Settings
 from motionserve.jobs.store import Store
-from motionserve.storage.local import LocalFileStore
+from motionserve.storage import open_file_store
 
 from .conftest import ENDPOINTS, StoreWorker
 
@@ -55,9 +55,9 @@ class Served:
 @pytest.fixture
 def served(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Served]:
     settings = Settings(data_dir=tmp_path, max_frames=32)
-    store = Store(f"sqlite:///{tmp_path / 'test.db'}")
+    store = Store(settings.resolved_database_url)
     store.create_all()
-    app = create_app(settings, store, LocalFileStore(settings.files_dir), endpoints=ENDPOINTS)
+    app = create_app(settings, store, open_file_store(settings), endpoints=ENDPOINTS)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

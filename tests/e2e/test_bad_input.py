@@ -222,7 +222,7 @@ def fetch_refuses_before_connecting() -> None:
     try:
         for url in PRIVATE_TARGETS:
             with pytest.raises(FetchError):
-                fetch.fetch_bytes(url, max_bytes=MB, timeout_s=2, allow_private=False, local_store=None, own_base_urls=())
+                fetch.fetch_bytes(url, max_bytes=MB, timeout_s=2, allow_private=False, own_files=None, own_base_urls=())
     finally:
         socket.socket.connect, socket.create_connection = real_connect, real_create  # type: ignore[method-assign]
     if attempts:

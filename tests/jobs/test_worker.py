@@ -103,16 +103,19 @@ def test_handler_errors_become_fal_errors(worker: Running) -> None:
 
 
 def test_output_files_are_saved_with_public_urls(worker: Running) -> None:
-    from motionserve.storage.local import LocalFileStore
+    from motionserve.storage import open_file_store
 
     job = worker.wait_done(worker.submit("save", message="not really an mp4"))
     assert job.state is JobState.SUCCEEDED, job.error
     video = job.result["video"]  # type: ignore[index]
     assert video["url"].startswith("http://127.0.0.1:8000/files/") and video["url"].endswith("/out.mp4")
     assert video["content_type"] == "video/mp4" and video["file_size"] == len(b"not really an mp4")
-    token = LocalFileStore.token_from_url(video["url"], ["http://127.0.0.1:8000"])
-    path, stored = LocalFileStore(worker.settings.files_dir).get(token)  # type: ignore[arg-type, misc]
-    assert path.read_bytes() == b"not really an mp4" and stored.expires_at is not None
+    files = open_file_store(worker.settings)  # any node reads it: the metadata is in the database
+    token = files.token_from_url(video["url"], ["http://127.0.0.1:8000"])
+    assert token is not None and files.read_bytes(token, 1000) == b"not really an mp4"
+    stored = files.get(token)
+    assert stored is not None and stored.kind == "output" and stored.expires_at is not None
+    files.close()
 
 
 def test_inputs_are_read_from_data_uris_and_our_own_files(worker: Running) -> None:

@@ -17,10 +17,11 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from motionserve.errors import FetchError
-from motionserve.storage import fetch as fetch_mod
 from motionserve.storage.addresses import is_public_address
 from motionserve.storage.fetch import decode_data_uri, fetch_bytes
-from motionserve.storage.local import LocalFileStore
+from motionserve.config import Settings
+from motionserve.storage import open_file_store
+from tests.file_stores import create_tables
 from tests.e2e.tls import make_local_ca
 
 BODY = bytes(range(256)) * 4  # 1 KiB
@@ -286,11 +287,6 @@ def test_usable_from_a_thread_running_an_event_loop(server: Server) -> None:
     assert asyncio.run(handler()) == BODY
 
 
-def test_async_variant(server: Server) -> None:
-    data = asyncio.run(fetch_mod.fetch_bytes_async(server.url("/ok"), max_bytes=1 << 20, timeout_s=5, allow_private=True))
-    assert data == BODY
-
-
 def test_error_messages_hide_credentials_and_query(server: Server) -> None:
     url = f"http://user:secret@127.0.0.1:{server.port}/status/404?X-Amz-Signature=topsecret"
     with pytest.raises(FetchError) as info:
@@ -372,26 +368,17 @@ def test_data_uri_size_cap() -> None:
         decode_data_uri("data:," + "a" * 1000, 999)
 
 
-def test_local_reader_is_asked_first() -> None:
-    asked: list[str] = []
-
-    def reader(url: str) -> bytes | None:
-        asked.append(url)
-        return b"ours" if url.startswith("https://me.example/files/") else None
-
-    assert fetch("https://me.example/files/abc/x.mp4", local_reader=reader) == b"ours"
-    assert fetch("data:,theirs", local_reader=reader) == b"theirs"  # None: fall through
-    assert asked == ["https://me.example/files/abc/x.mp4", "data:,theirs"]
-    with pytest.raises(FetchError, match="larger than"):
-        fetch("https://me.example/files/abc/x.mp4", local_reader=reader, max_bytes=2)
-
-
-def test_own_file_urls_are_read_from_the_local_store(tmp_path: Path) -> None:
-    store = LocalFileStore(tmp_path)
-    stored = store.put(b"uploaded clip", content_type="video/mp4", file_name="clip.mp4")
+def test_own_file_urls_are_read_through_the_file_store(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path)
+    create_tables(settings.resolved_database_url)
+    files = open_file_store(settings)
+    stored = files.put(b"uploaded clip", content_type="video/mp4", file_name="clip.mp4")
     base = "https://motion.example"
-    url = LocalFileStore.file_url(base, stored)
+    url = files.file_url(base, stored)
 
-    assert fetch(url, local_store=store, own_base_urls=[base]) == b"uploaded clip"
+    assert fetch(url, own_files=files, own_base_urls=[base]) == b"uploaded clip"
+    with pytest.raises(FetchError, match="larger than"):
+        fetch(url, own_files=files, own_base_urls=[base], max_bytes=4)
     with pytest.raises(FetchError, match="does not exist or has expired"):
-        fetch(url.replace(stored.token, "A" * len(stored.token)), local_store=store, own_base_urls=[base])
+        fetch(url.replace(stored.token, "A" * len(stored.token)), own_files=files, own_base_urls=[base])
+    files.close()

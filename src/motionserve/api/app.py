@@ -19,8 +19,9 @@ from motionserve.api.deps import SettingsDep, StoreDep
 from motionserve.api.errors import install_exception_handlers
 from motionserve.api.upload_tokens import UploadTokens, load_or_create_secret
 from motionserve.config import Settings
+from motionserve.database import make_engine
 from motionserve.endpoints.base import Endpoint
-from motionserve.storage.local import LocalFileStore
+from motionserve.storage import FileStore
 
 log = logging.getLogger(__name__)
 
@@ -74,10 +75,19 @@ def default_endpoints() -> Mapping[str, Endpoint]:
     return ENDPOINTS
 
 
+def _upload_token_secret(database_url: str) -> bytes:
+    """Read once at start, from the job store's database (its tables must exist)."""
+    engine = make_engine(database_url)
+    try:
+        return load_or_create_secret(engine)
+    finally:
+        engine.dispose()
+
+
 def create_app(
     settings: Settings,
     store: Any,
-    file_store: LocalFileStore,
+    file_store: FileStore,
     *,
     endpoints: Mapping[str, Endpoint] | None = None,
     workers_info: Callable[[], list[dict[str, Any]]] | None = None,
@@ -98,7 +108,7 @@ def create_app(
     app.state.file_store = file_store
     app.state.endpoints = dict(default_endpoints() if endpoints is None else endpoints)
     app.state.workers_info = workers_info
-    app.state.upload_tokens = UploadTokens(load_or_create_secret(settings.data_dir / "upload-token.key"))
+    app.state.upload_tokens = UploadTokens(_upload_token_secret(store.url))
     install_exception_handlers(app)
     app.include_router(requests.router)
     app.include_router(queue.router)

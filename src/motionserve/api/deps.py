@@ -12,7 +12,7 @@ from fastapi import Depends, Header, Request
 
 from motionserve.api.errors import ApiError
 from motionserve.config import Settings
-from motionserve.storage.local import LocalFileStore
+from motionserve.storage import FileStore
 
 if TYPE_CHECKING:
     from motionserve.jobs.store import Store
@@ -28,13 +28,13 @@ def get_store(request: Request) -> "Store":
     return request.app.state.store
 
 
-def get_file_store(request: Request) -> LocalFileStore:
+def get_file_store(request: Request) -> FileStore:
     return request.app.state.file_store
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 StoreDep = Annotated["Store", Depends(get_store)]
-FileStoreDep = Annotated[LocalFileStore, Depends(get_file_store)]
+FileStoreDep = Annotated[FileStore, Depends(get_file_store)]
 
 
 def parse_key_header(authorization: str | None) -> tuple[str, str] | None:

@@ -12,20 +12,22 @@ JS (`fal.storage.upload`, rest.fal.ai rewritten to {base}/rest):
   PUT  {upload_url}                        single upload; no credentials, so the URL itself carries
                                            the unguessable upload id (usable until completed)
   PUT  {upload_url}/{n} -> {"partNumber", "etag"};  POST {upload_url}/complete
-Files are served at GET /files/{token}/{name} without a key: the token is the secret.
+Files are served at GET /files/{token}/{name} without a key: the token is the secret. Any node
+answers for any file (the metadata is in the database): from local disk, by a redirect to a
+short-lived presigned S3 URL, or by relaying the object (Settings.file_delivery).
 """
 
 from __future__ import annotations
 
 import mimetypes
 import time
-from pathlib import Path
 from datetime import datetime, timezone
-from typing import Annotated, Any
+from pathlib import Path
+from typing import Annotated, Any, Callable, TypeVar
 
 import anyio
 from fastapi import APIRouter, Depends, Header, Request
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 
 from motionserve.api.body import read_json_object, stream_to_file
 from motionserve.api.deps import (
@@ -39,9 +41,21 @@ from motionserve.api.deps import (
 )
 from motionserve.api.errors import ApiError
 from motionserve.api.headers import parse_lifecycle
-from motionserve.storage.local import FileStoreError, FileTooLargeError, LocalFileStore, PendingUpload, StoredFile
+from motionserve.storage import (
+    FileStore,
+    FileStoreError,
+    FileTooLargeError,
+    PendingUpload,
+    StorageUnavailableError,
+    StoredFile,
+    UploadNotFoundError,
+)
+from motionserve.storage.types import ServeFile, ServeRedirect, ServeStream
 
 router = APIRouter(tags=["files"])
+
+T = TypeVar("T")
+_CACHE_CONTROL = "private, max-age=3600"
 
 
 def require_upload_owner(
@@ -74,7 +88,7 @@ def _default_name(content_type: str) -> str:
     return "upload" + (mimetypes.guess_extension(content_type.split(";")[0].strip()) or ".bin")
 
 
-def _file_info(file_store: LocalFileStore, base_url: str, stored: StoredFile) -> dict[str, Any]:
+def _file_info(file_store: FileStore, base_url: str, stored: StoredFile) -> dict[str, Any]:
     url = file_store.file_url(base_url, stored)
     return {
         "access_url": url,
@@ -88,10 +102,23 @@ def _file_info(file_store: LocalFileStore, base_url: str, stored: StoredFile) ->
 def _translate(exc: FileStoreError) -> ApiError:
     if isinstance(exc, FileTooLargeError):
         return ApiError(413, str(exc), error_type="request_too_large")
-    return ApiError(404 if "Unknown upload" in str(exc) else 400, str(exc))
+    if isinstance(exc, UploadNotFoundError):
+        return ApiError(404, str(exc))
+    if isinstance(exc, StorageUnavailableError):
+        return ApiError(503, str(exc))
+    return ApiError(400, str(exc))
 
 
-async def _receive(request: Request, file_store: LocalFileStore, limit: int) -> Path:
+async def _in_thread(call: Callable[[], T]) -> T:
+    """A file store call (database, disk or bucket: all blocking) off the event loop, its
+    refusals as HTTP errors."""
+    try:
+        return await anyio.to_thread.run_sync(call)
+    except FileStoreError as exc:
+        raise _translate(exc) from exc
+
+
+async def _receive(request: Request, file_store: FileStore, limit: int) -> Path:
     path = file_store.temp_path()
     await stream_to_file(request, path, limit)
     return path
@@ -136,13 +163,10 @@ async def cdn_upload(
     ctype = content_type or "application/octet-stream"
     expires_at = _expires_at(request, settings)
     path = await _receive(request, file_store, settings.max_upload_bytes)
-    try:
-        stored = await anyio.to_thread.run_sync(
-            lambda: file_store.put(path, content_type=ctype, file_name=x_fal_file_name or _default_name(ctype), expires_at=expires_at, move=True)
-        )
-    except FileStoreError as exc:
-        path.unlink(missing_ok=True)
-        raise _translate(exc) from exc
+    name = x_fal_file_name or _default_name(ctype)
+    stored = await _in_thread(
+        lambda: file_store.put(path, content_type=ctype, file_name=name, expires_at=expires_at, move=True)
+    )
     return JSONResponse(_file_info(file_store, public_base_url(request, settings), stored))
 
 
@@ -156,43 +180,35 @@ def cdn_multipart_begin(
     x_fal_file_name: Annotated[str | None, Header()] = None,
 ) -> JSONResponse:
     ctype = content_type or "application/octet-stream"
-    upload_id = file_store.begin_multipart(ctype, x_fal_file_name or _default_name(ctype), _expires_at(request, settings))
-    pending = file_store.pending(upload_id)
-    assert pending is not None
-    return JSONResponse({"access_url": _reserved_url(file_store, public_base_url(request, settings), pending), "uploadId": upload_id})
+    try:
+        pending = file_store.begin_multipart(ctype, x_fal_file_name or _default_name(ctype), _expires_at(request, settings))
+    except FileStoreError as exc:
+        raise _translate(exc) from exc
+    return JSONResponse({"access_url": file_store.file_url(public_base_url(request, settings), pending), "uploadId": pending.upload_id})
 
 
-def _reserved_url(file_store: LocalFileStore, base_url: str, pending: PendingUpload) -> str:
-    return file_store.file_url(base_url, _as_stored(pending))
-
-
-def _as_stored(pending: PendingUpload) -> StoredFile:
-    return StoredFile(pending.token, pending.file_name, pending.content_type, 0, pending.created_at, pending.expires_at)
-
-
-def _pending_for(file_store: LocalFileStore, upload_id: str, token: str | None = None) -> PendingUpload:
+def _pending_for(file_store: FileStore, upload_id: str, token: str | None = None) -> PendingUpload:
     pending = file_store.pending(upload_id)
     if pending is None or (token is not None and pending.token != token):
         raise ApiError(404, "Upload not found (unknown, completed or expired)")
     return pending
 
 
-async def _put_part(request: Request, settings: Any, file_store: LocalFileStore, upload_id: str, part_number: int) -> str:
+async def _put_part(
+    request: Request, settings: Any, file_store: FileStore, upload_id: str, part_number: int, token: str | None = None
+) -> str:
+    await anyio.to_thread.run_sync(lambda: _pending_for(file_store, upload_id, token))  # before reading the body
     path = await _receive(request, file_store, settings.max_upload_bytes)
     try:
-        return await anyio.to_thread.run_sync(lambda: file_store.put_part(upload_id, part_number, path, move=True))
-    except FileStoreError as exc:
-        path.unlink(missing_ok=True)
-        raise _translate(exc) from exc
+        return await _in_thread(lambda: file_store.put_part(upload_id, part_number, path, move=True))
+    finally:
+        path.unlink(missing_ok=True)  # normally consumed already; not when the part was refused
 
 
 async def _complete(
-    request: Request, settings: Any, file_store: LocalFileStore, upload_id: str, parts: list[tuple[int, str | None]] | None
+    request: Request, settings: Any, file_store: FileStore, upload_id: str, parts: list[tuple[int, str | None]] | None
 ) -> JSONResponse:
-    try:
-        stored = await anyio.to_thread.run_sync(lambda: file_store.complete_multipart(upload_id, parts))
-    except FileStoreError as exc:
-        raise _translate(exc) from exc
+    stored = await _in_thread(lambda: file_store.complete_multipart(upload_id, parts))
     return JSONResponse(_file_info(file_store, public_base_url(request, settings), stored))
 
 
@@ -201,8 +217,7 @@ async def cdn_multipart_part(
     request: Request, token: str, name: str, upload_id: str, part_number: int,
     _: UploaderDep, settings: SettingsDep, file_store: FileStoreDep,
 ) -> JSONResponse:
-    _pending_for(file_store, upload_id, token)
-    etag = await _put_part(request, settings, file_store, upload_id, part_number)
+    etag = await _put_part(request, settings, file_store, upload_id, part_number, token)
     return JSONResponse({"partNumber": part_number, "etag": etag}, headers={"ETag": etag})
 
 
@@ -211,23 +226,23 @@ async def cdn_multipart_complete(
     request: Request, token: str, name: str, upload_id: str,
     _: UploaderDep, settings: SettingsDep, file_store: FileStoreDep,
 ) -> JSONResponse:
-    _pending_for(file_store, upload_id, token)
+    await anyio.to_thread.run_sync(lambda: _pending_for(file_store, upload_id, token))
     return await _complete(request, settings, file_store, upload_id, await _parts_from_body(request))
 
 
 # ---- JS client (and the Python "gcs" fallback): initiate + upload URL -----------------------------
 
 
-async def _initiate(request: Request, settings: Any, file_store: LocalFileStore) -> JSONResponse:
+async def _initiate(request: Request, settings: Any, file_store: FileStore) -> JSONResponse:
     body = await read_json_object(request, limit=1024 * 1024)
     ctype = str(body.get("content_type") or "application/octet-stream")
     name = str(body.get("file_name") or _default_name(ctype))
-    upload_id = await anyio.to_thread.run_sync(lambda: file_store.begin_multipart(ctype, name, _expires_at(request, settings)))
-    pending = _pending_for(file_store, upload_id)
+    expires_at = _expires_at(request, settings)
+    pending = await _in_thread(lambda: file_store.begin_multipart(ctype, name, expires_at))
     return JSONResponse(
         {
-            "upload_url": f"{request_base_url(request)}/cdn/uploads/{upload_id}",
-            "file_url": _reserved_url(file_store, public_base_url(request, settings), pending),
+            "upload_url": f"{request_base_url(request)}/cdn/uploads/{pending.upload_id}",
+            "file_url": file_store.file_url(public_base_url(request, settings), pending),
         }
     )
 
@@ -244,21 +259,20 @@ async def initiate_multipart(request: Request, _: OwnerDep, settings: SettingsDe
 
 @router.put("/cdn/uploads/{upload_id}")
 async def upload_single(request: Request, upload_id: str, settings: SettingsDep, file_store: FileStoreDep) -> JSONResponse:
-    _pending_for(file_store, upload_id)
+    # A one-part multipart upload: on S3 the part goes to S3's multipart API like any other.
     etag = await _put_part(request, settings, file_store, upload_id, 1)
     return await _complete(request, settings, file_store, upload_id, [(1, etag)])
 
 
 @router.put("/cdn/uploads/{upload_id}/{part_number}")
 async def upload_part(request: Request, upload_id: str, part_number: int, settings: SettingsDep, file_store: FileStoreDep) -> JSONResponse:
-    _pending_for(file_store, upload_id)
     etag = await _put_part(request, settings, file_store, upload_id, part_number)
     return JSONResponse({"partNumber": part_number, "etag": etag}, headers={"ETag": etag})
 
 
 @router.post("/cdn/uploads/{upload_id}/complete")
 async def upload_complete(request: Request, upload_id: str, settings: SettingsDep, file_store: FileStoreDep) -> JSONResponse:
-    _pending_for(file_store, upload_id)
+    await anyio.to_thread.run_sync(lambda: _pending_for(file_store, upload_id))
     return await _complete(request, settings, file_store, upload_id, await _parts_from_body(request))
 
 
@@ -266,18 +280,67 @@ async def upload_complete(request: Request, upload_id: str, settings: SettingsDe
 
 
 @router.get("/files/{token}/{name}", summary="Download a stored file (no key: the URL is the secret)")
-def get_file(token: str, name: str, file_store: FileStoreDep) -> FileResponse:
-    found = file_store.get(token)
-    if found is None:
+def get_file(request: Request, token: str, name: str, file_store: FileStoreDep) -> Response:
+    stored = file_store.get(token)
+    if stored is None:
         raise ApiError(404, "File not found (unknown or expired)")
-    path, stored = found
-    return FileResponse(
-        path,
-        media_type=stored.content_type,
-        filename=stored.file_name,
-        content_disposition_type="inline",
-        headers={"Cache-Control": "private, max-age=3600"},
-    )
+    how = file_store.delivery(stored)
+    if isinstance(how, ServeFile):
+        return FileResponse(
+            how.path,
+            media_type=stored.content_type,
+            filename=stored.file_name,
+            content_disposition_type="inline",
+            headers={"Cache-Control": _CACHE_CONTROL},
+        )
+    if isinstance(how, ServeRedirect):
+        # The presigned URL expires: a cached redirect would outlive it.
+        return RedirectResponse(how.url, status_code=307, headers={"Cache-Control": "no-store"})
+    return _relay(request, stored, how)
 
 
 router.add_api_route("/files/{token}/{name}", get_file, methods=["HEAD"], include_in_schema=False)
+
+
+def _relay(request: Request, stored: StoredFile, stream: ServeStream) -> Response:
+    """The object through this node, with single-range support (video players seek with Range)."""
+    first, last, partial = _byte_range(request.headers.get("range"), stored.size)
+    headers = {
+        "Accept-Ranges": "bytes",
+        "Cache-Control": _CACHE_CONTROL,
+        "Content-Disposition": f'inline; filename="{stored.file_name}"',
+        "Content-Length": str(last - first + 1),
+    }
+    if partial:
+        headers["Content-Range"] = f"bytes {first}-{last}/{stored.size}"
+    status = 206 if partial else 200
+    if request.method == "HEAD" or stored.size == 0:
+        return Response(status_code=status, headers=headers, media_type=stored.content_type)
+    try:
+        chunks = stream.open(first, last)
+    except FileStoreError as exc:
+        raise _translate(exc) from exc
+    return StreamingResponse(chunks, status_code=status, headers=headers, media_type=stored.content_type)
+
+
+def _byte_range(header: str | None, size: int) -> tuple[int, int, bool]:
+    """(first, last, partial) for a `Range: bytes=...` header; the whole file when absent, multiple
+    or malformed (RFC 9110 lets a server ignore those); 416 when it starts past the end."""
+    whole = (0, size - 1, False)
+    spec = (header or "").strip()
+    if not spec.lower().startswith("bytes=") or "," in spec:
+        return whole
+    start_text, dash, end_text = (t.strip() for t in spec[len("bytes="):].partition("-"))
+    if not dash or not (start_text or end_text) or not all(t.isdigit() for t in (start_text, end_text) if t):
+        return whole
+    if start_text:
+        first = int(start_text)
+        if end_text and int(end_text) < first:
+            return whole
+        last = min(int(end_text), size - 1) if end_text else size - 1
+    else:  # a suffix: the last N bytes
+        suffix = int(end_text)
+        first, last = (size - min(suffix, size), size - 1) if suffix else (size, size - 1)
+    if first >= size:
+        raise ApiError(416, "Range not satisfiable", headers={"Content-Range": f"bytes */{size}"})
+    return first, last, True

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from motionserve.config import Settings
-from motionserve.storage.local import LocalFileStore
+from motionserve import storage
+from motionserve.storage import FileStore, StorageConfigError
 
 log = logging.getLogger("motionserve")
 
@@ -55,8 +56,13 @@ def open_store(settings: Settings) -> Any:
     return Store(url)
 
 
-def open_file_store(settings: Settings) -> LocalFileStore:
-    return LocalFileStore(settings.files_dir, max_bytes=settings.max_upload_bytes)
+def open_file_store(settings: Settings) -> FileStore:
+    """The file store; exits with one line for the operator when its settings cannot work
+    (no such bucket, access denied, endpoint unreachable)."""
+    try:
+        return storage.open_file_store(settings)
+    except StorageConfigError as exc:
+        raise SystemExit(f"motionserve: {exc}") from None
 
 
 def ensure_admin_key(store: Any, data_dir: Path) -> Path | None:
@@ -126,7 +132,7 @@ class BackgroundServices:
         ]
 
 
-def add_workers(services: BackgroundServices, settings: Settings, store: Any, file_store: LocalFileStore) -> None:
+def add_workers(services: BackgroundServices, settings: Settings, store: Any, file_store: FileStore) -> None:
     from motionserve.jobs.worker import WorkerSupervisor
 
     for device in settings.devices or detect_devices():
@@ -140,14 +146,14 @@ def add_webhooks(services: BackgroundServices, settings: Settings, store: Any) -
     services.add("webhooks", WebhookDispatcher(store, settings.allow_private_urls).run_forever)
 
 
-def add_file_cleanup(services: BackgroundServices, file_store: LocalFileStore, interval_s: float = FILE_CLEANUP_INTERVAL_S) -> None:
+def add_file_cleanup(services: BackgroundServices, file_store: FileStore, interval_s: float = FILE_CLEANUP_INTERVAL_S) -> None:
     def clean(stop: threading.Event) -> None:
         while not stop.is_set():
             try:
                 removed = file_store.delete_expired()
                 if removed:
                     log.info("deleted %d expired files", removed)
-            except OSError:
+            except Exception:  # disk, database or bucket: the thread must live on
                 log.exception("expired-file clean-up failed; retrying later")
             stop.wait(interval_s)
 

@@ -1,8 +1,8 @@
 """Short-lived CDN upload tokens (`POST /rest/storage/auth/token`), as fal's Python client expects.
 
 The client trades its API key for a bearer token and then uploads with that token only. Tokens are
-stateless: `base64url(json{owner, exp}).base64url(HMAC-SHA256)`, keyed by a secret kept in the data
-directory (created once, 0600), so every server process on the host accepts every other's tokens.
+stateless: `base64url(json{owner, exp}).base64url(HMAC-SHA256)`, keyed by a secret kept in the
+database (`server_secrets`), so every API node accepts every other node's tokens.
 """
 
 from __future__ import annotations
@@ -11,12 +11,17 @@ import base64
 import hashlib
 import hmac
 import json
-import os
 import secrets
 import time
-from pathlib import Path
+
+from sqlalchemy import Engine, insert, select
+from sqlalchemy.exc import IntegrityError
+
+from motionserve.database import WRITE_OPTION, server_secrets
 
 TOKEN_TTL_S = 3600
+SECRET_NAME = "upload_token_hmac"
+SECRET_BYTES = 32
 
 
 def _b64(data: bytes) -> str:
@@ -27,22 +32,27 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-def load_or_create_secret(path: Path) -> bytes:
-    """The HMAC key at `path`; the first process to start writes it (exclusive create, 0600)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        pass
-    else:
-        with os.fdopen(fd, "wb") as f:
-            f.write(secrets.token_bytes(32))
-    for _ in range(50):  # another process may be between create and write
-        data = path.read_bytes()
-        if len(data) == 32:
-            return data
-        time.sleep(0.01)
-    raise RuntimeError(f"Upload token key {path} is corrupt (expected 32 bytes); delete it to regenerate")
+def load_or_create_secret(engine: Engine) -> bytes:
+    """The HMAC key every node shares: the first node to start inserts it, the others read it."""
+    secret = _load_secret(engine)
+    if secret is None:
+        try:
+            with engine.connect() as conn, conn.execution_options(**{WRITE_OPTION: True}).begin():
+                conn.execute(insert(server_secrets).values(
+                    name=SECRET_NAME, value=secrets.token_bytes(SECRET_BYTES), created_at=time.time()
+                ))
+        except IntegrityError:
+            pass  # another node inserted it first: use theirs, read below
+        secret = _load_secret(engine)
+    if secret is None or len(secret) != SECRET_BYTES:
+        raise RuntimeError(f"the upload token key ({SECRET_NAME} in server_secrets) is missing or corrupt")
+    return secret
+
+
+def _load_secret(engine: Engine) -> bytes | None:
+    with engine.connect() as conn:
+        value = conn.execute(select(server_secrets.c.value).where(server_secrets.c.name == SECRET_NAME)).scalar()
+    return bytes(value) if value is not None else None
 
 
 class UploadTokens:

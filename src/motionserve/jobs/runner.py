@@ -26,6 +26,7 @@ from motionserve.endpoints.base import File, Limits
 from motionserve.errors import FetchError, InputValidationError, JobCancelledError, MotionserveError
 from motionserve.jobs.events import Done, Log, Ready, RunJob, Shutdown, StartupFailed
 from motionserve.jobs.models import Job, error_dict
+from motionserve.storage import FileStore, open_file_store
 
 DEFAULT_REGISTRY = "motionserve.endpoints.registry"
 INTERNAL_ERROR = error_dict(500, "Internal Server Error", "internal_error")
@@ -43,6 +44,7 @@ class JobContext:
         conn: Connection,
         cancel_event: Event,
         models: Callable[[], Any],
+        files: FileStore,
     ) -> None:
         self.request_id = job.id
         self.limits = Limits(max_frames=settings.max_frames)
@@ -51,6 +53,7 @@ class JobContext:
         self._conn = conn
         self._cancel_event = cancel_event
         self._models = models
+        self._files = files
 
     @property
     def models(self) -> Any:
@@ -69,7 +72,6 @@ class JobContext:
 
     def read_input(self, url: str, field: str) -> bytes:
         from motionserve.storage.fetch import fetch_bytes
-        from motionserve.storage.local import LocalFileStore
 
         try:
             return fetch_bytes(
@@ -77,22 +79,21 @@ class JobContext:
                 max_bytes=self._settings.max_fetch_bytes,
                 timeout_s=self._settings.fetch_timeout_s,
                 allow_private=self._settings.allow_private_urls,
-                # Our own /files/... URLs are read from disk, not fetched over the network.
-                local_store=LocalFileStore(self._settings.files_dir),
+                # Our own /files/... URLs are read through the file store (disk or bucket), not
+                # fetched from an API node: any worker reads any node's uploads.
+                own_files=self._files,
                 own_base_urls=[b for b in (self._job.base_url, self._settings.public_url) if b],
             )
         except FetchError as exc:
             raise InputValidationError.for_field(field, f"Could not read the file: {exc.message}") from exc
 
     def save_output(self, data: bytes, *, content_type: str, file_name: str) -> File:
-        from motionserve.storage.local import LocalFileStore
-
         retention = self._job.file_retention_s or self._settings.file_retention_s
-        stored = LocalFileStore(self._settings.files_dir).put(
-            data, content_type=content_type, file_name=file_name, expires_at=time.time() + retention
+        stored = self._files.put(
+            data, content_type=content_type, file_name=file_name, expires_at=time.time() + retention, kind="output"
         )
         return File(
-            url=LocalFileStore.file_url(self._job.base_url, stored),
+            url=self._files.file_url(self._job.base_url, stored),
             content_type=stored.content_type,
             file_name=stored.file_name,
             file_size=stored.size,
@@ -160,6 +161,7 @@ def child_main(
     try:
         registry = importlib.import_module(registry_module)
         models = _Models(registry, settings, device)
+        files = open_file_store(settings)  # once: its database engine and S3 client are reused
     except BaseException:
         conn.send(StartupFailed(traceback.format_exc()))
         raise SystemExit(1)
@@ -172,7 +174,7 @@ def child_main(
         if isinstance(message, Shutdown):
             return
         if isinstance(message, RunJob):
-            ctx = JobContext(message.job, settings, conn, cancel_event, models)
+            ctx = JobContext(message.job, settings, conn, cancel_event, models, files)
             try:
                 done = run_job(message.job, registry, ctx)
                 conn.send(dataclasses.replace(done, warm=models.warm_endpoints()))

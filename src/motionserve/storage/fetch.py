@@ -27,7 +27,7 @@ import os
 import socket
 import ssl
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Awaitable, Callable, Iterable, Sequence
+from typing import Awaitable, Callable, Iterable, Sequence
 from urllib.parse import unquote, unquote_to_bytes
 
 import certifi
@@ -35,6 +35,7 @@ import httpx
 
 from motionserve.errors import FetchError
 from motionserve.storage.addresses import IPAddress, is_public_address, parse_ip
+from motionserve.storage.types import FileReader, FileStoreError, FileTooLargeError
 
 MAX_REDIRECTS = 5
 _REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
@@ -55,21 +56,19 @@ def fetch_bytes(
     max_bytes: int,
     timeout_s: float,
     allow_private: bool,
-    local_reader: Callable[[str], bytes | None] | None = None,
-    local_store: Any = None,
+    own_files: FileReader | None = None,
     own_base_urls: Iterable[str] = (),
     resolver: Resolver | None = None,
     address_check: AddressCheck | None = None,
 ) -> bytes:
     """The bytes behind `url`, or FetchError saying why not. Blocking; safe to call from any thread.
 
-    Order: `local_reader(url)` (returns bytes for URLs the caller serves itself, else None), then
-    `local_store` files under `own_base_urls` (`{base}/files/{token}/{name}`), then `data:` URIs,
-    then http(s). `resolver` and `address_check` replace DNS and the address policy (tests, or an
-    operator allow-list); without `address_check`, non-public addresses are refused unless
-    `allow_private`.
+    Order: our own file URLs (`{base}/files/{token}/{name}` under one of `own_base_urls`) are read
+    through `own_files`, whichever node or bucket holds them; then `data:` URIs; then http(s).
+    `resolver` and `address_check` replace DNS and the address policy (tests, or an operator
+    allow-list); without `address_check`, non-public addresses are refused unless `allow_private`.
     """
-    local = _fetch_locally(url, max_bytes, local_reader, local_store, own_base_urls)
+    local = _fetch_locally(url, max_bytes, own_files, own_base_urls)
     if local is not None:
         return local
     return _run_blocking(
@@ -80,31 +79,6 @@ def fetch_bytes(
             resolver=resolver or _getaddrinfo,
             address_ok=address_check or _default_policy(allow_private),
         )
-    )
-
-
-async def fetch_bytes_async(
-    url: str,
-    *,
-    max_bytes: int,
-    timeout_s: float,
-    allow_private: bool,
-    local_reader: Callable[[str], bytes | None] | None = None,
-    local_store: Any = None,
-    own_base_urls: Iterable[str] = (),
-    resolver: Resolver | None = None,
-    address_check: AddressCheck | None = None,
-) -> bytes:
-    """`fetch_bytes` for code already running on an event loop."""
-    local = _fetch_locally(url, max_bytes, local_reader, local_store, own_base_urls)
-    if local is not None:
-        return local
-    return await _fetch_http(
-        url.strip(),
-        max_bytes=max_bytes,
-        timeout_s=timeout_s,
-        resolver=resolver or _getaddrinfo,
-        address_ok=address_check or _default_policy(allow_private),
     )
 
 
@@ -146,28 +120,16 @@ def display_url(url: str | httpx.URL) -> str:
 # ------------------------------------------------------------------------------------ no network
 
 
-def _fetch_locally(
-    url: str,
-    max_bytes: int,
-    local_reader: Callable[[str], bytes | None] | None,
-    local_store: Any,
-    own_base_urls: Iterable[str],
-) -> bytes | None:
+def _fetch_locally(url: str, max_bytes: int, own_files: FileReader | None, own_base_urls: Iterable[str]) -> bytes | None:
     """Bytes for URLs served without a network request (our own files, data: URIs), else None."""
     url = url.strip()
     if not url:
         raise FetchError("the URL is empty")
-    if local_reader is not None:
-        data = local_reader(url)
-        if data is not None:
-            if len(data) > max_bytes:
-                raise FetchError(_too_large(display_url(url), max_bytes))
-            return data
     bases = tuple(own_base_urls)
-    if local_store is not None and bases:
-        token = local_store.token_from_url(url, bases)
+    if own_files is not None and bases:
+        token = own_files.token_from_url(url, bases)
         if token is not None:
-            return _read_stored(local_store, token, url, max_bytes)
+            return _read_own(own_files, token, url, max_bytes)
     scheme = url.split(":", 1)[0].lower() if ":" in url else ""
     if scheme == "data":
         return decode_data_uri(url, max_bytes)
@@ -177,17 +139,16 @@ def _fetch_locally(
     return None
 
 
-def _read_stored(local_store: Any, token: str, url: str, max_bytes: int) -> bytes:
-    found = local_store.get(token)
-    if found is None:
-        raise FetchError(f"{display_url(url)} does not exist or has expired")
-    path, stored = found
-    if stored.size > max_bytes:
-        raise FetchError(_too_large(display_url(url), max_bytes))
+def _read_own(own_files: FileReader, token: str, url: str, max_bytes: int) -> bytes:
     try:
-        return path.read_bytes()
-    except OSError as exc:
+        data = own_files.read_bytes(token, max_bytes)
+    except FileTooLargeError as exc:
+        raise FetchError(_too_large(display_url(url), max_bytes)) from exc
+    except (FileStoreError, OSError) as exc:
         raise FetchError(f"{display_url(url)} could not be read") from exc
+    if data is None:
+        raise FetchError(f"{display_url(url)} does not exist or has expired")
+    return data
 
 
 # ------------------------------------------------------------------------------------ http(s)
