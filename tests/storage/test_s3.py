@@ -187,3 +187,14 @@ def test_wrong_credentials_are_named(tmp_path: Path, database_url: str, s3_serve
         "cannot use s3://media: access denied "
         "(check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, and that they may use this bucket)"
     )
+
+
+@pytest.mark.parametrize("command", ["serve", "worker"])
+def test_serve_and_worker_stop_at_start_with_the_line(tmp_path: Path, command: str) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MOTIONSERVE_")}  # s3_env's AWS_* stay
+    out = subprocess.run(
+        [sys.executable, "-m", "motionserve", command, "--data-dir", str(tmp_path), "--storage-url", "s3://no-such-bucket"],
+        capture_output=True, text=True, env=env, timeout=120,
+    )
+    assert out.returncode == 1
+    assert out.stderr.strip().splitlines()[-1] == "motionserve: cannot use s3://no-such-bucket: the bucket does not exist"

@@ -8,10 +8,9 @@ S3) only moves bytes.
 
 from __future__ import annotations
 
-import os
 import secrets
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterable, Mapping, Protocol, Sequence
 
@@ -128,8 +127,8 @@ class DatabaseFileStore:
         try:
             self.backend.write(reservation.token, data, content_type=reservation.content_type, move=move)
         except BaseException:
-            self._drop(reservation)
             _discard_source(data, move)
+            self._drop(reservation)
             raise
         stored = StoredFile(
             token=reservation.token, file_name=reservation.file_name, content_type=reservation.content_type,
@@ -166,7 +165,7 @@ class DatabaseFileStore:
             backend_id = self.backend.begin_upload(pending)
             if backend_id is not None:
                 self.catalog.set_backend_upload_id(pending.upload_id, backend_id)
-                pending = PendingUpload(**{**pending.__dict__, "backend_upload_id": backend_id})
+                pending = replace(pending, backend_upload_id=backend_id)
         except BaseException:
             self._drop(pending)
             raise
