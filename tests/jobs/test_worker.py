@@ -188,6 +188,16 @@ def test_the_worker_is_in_the_registry_with_what_it_has_warm(worker: Running) ->
     assert me.warm == ("test/echo",) and me.device == "cpu" and me.pid == os.getpid() and me.current_job is None
 
 
+def test_a_busy_worker_stays_in_the_registry_while_its_job_runs_past_the_lease(worker: Running) -> None:
+    lease_s = worker.settings.lease_s
+    job = worker.submit("echo", message="long", steps=int(4 * lease_s), step_s=0.5)
+    worker.wait_state(job, JobState.RUNNING)
+    time.sleep(lease_s + 1.0)  # longer than a registry row goes stale without a refresh
+    me = [w for w in worker.store.live_workers(seen_within_s=lease_s) if w.id == worker.supervisor.worker_id]
+    assert me and me[0].state == "busy" and me[0].current_job == job.id, me
+    assert worker.wait_done(job).state is JobState.SUCCEEDED
+
+
 def test_a_job_past_the_execution_limit_is_killed_and_fails(tmp_path: Path) -> None:
     running = Running(tmp_path, settings={"job_timeout_s": 1.0})
     try:

@@ -65,10 +65,12 @@ class JobRun:
         limits: RunLimits,
         stop: threading.Event,
         on_finished: Callable[[Job, dict[str, Any], float], None] = lambda job, outcome, run_time_s: None,
+        on_heartbeat: Callable[[], None] = lambda: None,
     ) -> None:
         self.job, self.child, self.store, self.worker_id = job, child, store, worker_id
         self.limits, self.stop = limits, stop
         self.on_finished = on_finished
+        self.on_heartbeat = on_heartbeat  # the supervisor refreshes its registry row: it is alive, and busy
         self.pending_logs: list[tuple[str, str, float]] = []
         self.lease_lost = False
         self.started = time.monotonic()
@@ -139,6 +141,7 @@ class JobRun:
             self._ask_handler_to_stop("the lease was lost")
         elif beat is not _FAILED and beat.cancel_requested:
             self._ask_handler_to_stop("cancellation requested")
+        self.on_heartbeat()
 
     def _ask_handler_to_stop(self, reason: str) -> None:
         if self.cancel_sent_at is None:

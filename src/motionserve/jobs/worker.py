@@ -129,7 +129,11 @@ class WorkerSupervisor:
         self.presence.beat("busy", current_job=job.id, warm=self._warm, force=True)
         if job.runner_hint:
             self._recent_hints.append(job.runner_hint)
-        outcome = JobRun(job, self._child, self.store, self.worker_id, self.limits, stop, _record_metrics).execute()
+        def still_busy() -> None:  # with each lease heartbeat: a long job must not make us look vanished
+            self.presence.beat("busy", current_job=job.id, warm=self._warm)
+
+        outcome = JobRun(job, self._child, self.store, self.worker_id, self.limits, stop, _record_metrics,
+                         on_heartbeat=still_busy).execute()
         if outcome.warm is not None:
             self._warm = frozenset(outcome.warm)
         if not outcome.keep_child:
