@@ -66,6 +66,24 @@ def test_claim_prefers_warm_pipelines_and_runner_hints_but_never_starves(store: 
     assert store.claim("w1", 30, prefer=prefer).id == low.id  # type: ignore[union-attr]
 
 
+def test_among_jobs_that_waited_too_long_age_alone_decides(store: Store, clock) -> None:  # type: ignore[no-untyped-def]
+    # A backlog older than max_wait_s: the warm worker must not keep picking its own endpoint's
+    # overdue jobs over an older overdue job of another endpoint (found by bench/bench_scale.py).
+    svd = "fal-ai/fast-svd-lcm"
+    cold = submit(store, endpoint_id="fal-ai/fast-animatediff/text-to-video")
+    clock.advance(1)
+    warm = submit(store, endpoint_id=svd, runner_hint="loras:ghibli")
+    clock.advance(60)
+    prefer = ClaimPreference(warm_endpoints=frozenset({svd}), hints=frozenset({"loras:ghibli"}), max_wait_s=30)
+    assert store.claim("w1", 30, prefer=prefer).id == cold.id  # type: ignore[union-attr]
+    assert store.claim("w1", 30, prefer=prefer).id == warm.id  # type: ignore[union-attr]
+    # max_wait_s=0: every job has waited too long, so the preference never applies (submit order).
+    first, second = submit(store), submit(store, endpoint_id=svd)
+    clock.advance(1)
+    no_preference = ClaimPreference(warm_endpoints=frozenset({svd}), max_wait_s=0)
+    assert [store.claim("w1", 30, prefer=no_preference).id for _ in range(2)] == [first.id, second.id]  # type: ignore[union-attr]
+
+
 def test_no_retry_jobs_fail_instead_of_running_again_when_their_worker_dies(store: Store, clock) -> None:  # type: ignore[no-untyped-def]
     once = submit(store, no_retry=True)
     again = submit(store)

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Collection, Iterable, Iterator, Sequence
 
-from sqlalchemy import Connection, Engine, and_, case, delete, func, insert, or_, select, update
+from sqlalchemy import Connection, Double, Engine, and_, case, cast, delete, extract, func, insert, literal, or_, select, update
 from sqlalchemy.sql import ColumnElement
 
 from motionserve import database as schema
@@ -37,6 +37,8 @@ from motionserve.jobs.webhook_payload import webhook_body
 from motionserve.migrations import upgrade
 
 CANCELLED_ERROR = error_dict(499, "Request was cancelled", "client_cancelled")
+# fal marks a start timeout the client asked for as type "user" (X-Fal-Request-Timeout-Type).
+START_TIMEOUT_ERROR = error_dict(504, "Request timed out", "request_timeout", timeout_type="user")
 # PostgreSQL NOTIFY channel: "<kind> <job id>", kind one of the ChangeKind values below.
 NOTIFY_CHANNEL = "motionserve_jobs"
 # Status reads never load the stored input: it can be a 64 MB data URI.
@@ -92,6 +94,13 @@ class Store(KeysMixin, WebhookQueueMixin, WorkerRegistryMixin):
     def _now(self, conn: Connection) -> float:
         return self._test_clock() if self._test_clock is not None else db_now(conn)
 
+    def _now_sql(self) -> ColumnElement[float]:
+        """The same clock as `_now`, evaluated inside the statement that uses it: no round trip of
+        its own on PostgreSQL (`statement_timestamp()`: one value for the whole statement)."""
+        if self._is_postgres and self._test_clock is None:
+            return cast(extract("epoch", func.statement_timestamp()), Double)
+        return literal(self._clock(), Double)
+
     def _notify(self, conn: Connection, kind: str, job_id: str) -> None:
         """Tell every LISTENing node (PostgreSQL) about a change; delivered when the transaction commits."""
         if self._is_postgres:
@@ -134,30 +143,41 @@ class Store(KeysMixin, WebhookQueueMixin, WorkerRegistryMixin):
         *,
         values: dict[str, Any] | None = None,
         guards: Sequence[ColumnElement[bool]] = (),
-    ) -> bool:
-        """Move `job_id` from one of `expected` to `new`; False (nothing changed) if it was not there."""
+        with_input: bool = False,
+    ) -> Job | None:
+        """Move `job_id` from one of `expected` to `new`: the job as it now is, or None (nothing
+        changed) if it was not there. Its `input` only `with_input`.
+
+        One statement, `UPDATE ... RETURNING`, timed by the database clock inside it (workers claim
+        and finish many jobs a second: every round trip counts). On PostgreSQL the NOTIFY rides in
+        the RETURNING list, so it is sent exactly when the row changed.
+        """
         expected_set = {expected} if isinstance(expected, JobState) else set(expected)
         illegal = [e for e in expected_set if new not in ALLOWED_TRANSITIONS[e]]
         if illegal:
             raise ValueError(f"illegal job transition {[e.value for e in illegal]} -> {new.value}")
-        now = self._now(conn)
+        now = self._now_sql()
         changes: dict[str, Any] = {"state": new.value, "changed_at": now, **(values or {})}
         if new.is_terminal:
             changes.setdefault("finished_at", now)
             changes["lease_expires_at"] = None
+        returning: list[Any] = list(jobs.c) if with_input else list(_STATUS_COLUMNS)
+        if self._is_postgres:
+            kind = ChangeKind.QUEUED if new is JobState.QUEUED else ChangeKind.STATE
+            returning.append(func.pg_notify(NOTIFY_CHANNEL, f"{kind} {job_id}").label("notified"))
         stmt = (
             update(jobs)
             .where(jobs.c.id == job_id, jobs.c.state.in_([e.value for e in expected_set]), *guards)
             .values(**changes)
+            .returning(*returning)
         )
-        if conn.execute(stmt).rowcount != 1:
-            return False
-        self._notify(conn, ChangeKind.QUEUED if new is JobState.QUEUED else ChangeKind.STATE, job_id)
-        if new.is_terminal:
-            job = self._get(conn, job_id)
-            if job is not None and job.webhook_url:
-                self._enqueue_webhook(conn, job, webhook_body(job))
-        return True
+        row = conn.execute(stmt).first()
+        if row is None:
+            return None
+        job = row_to_job(row)
+        if new.is_terminal and job.webhook_url:
+            self._enqueue_webhook(conn, job, webhook_body(job))
+        return job
 
     # -- API side ---------------------------------------------------------------------------
 
@@ -248,7 +268,8 @@ class Store(KeysMixin, WebhookQueueMixin, WorkerRegistryMixin):
                 return None
             state = JobState(row.state)
             if state is JobState.QUEUED:
-                if self._transition(conn, job_id, JobState.QUEUED, JobState.CANCELLED, values={"error": CANCELLED_ERROR}):
+                cancelled = self._transition(conn, job_id, JobState.QUEUED, JobState.CANCELLED, values={"error": CANCELLED_ERROR})
+                if cancelled is not None:
                     return CancelOutcome.CANCELLED
             elif state is JobState.RUNNING:
                 flagged = conn.execute(
@@ -270,33 +291,43 @@ class Store(KeysMixin, WebhookQueueMixin, WorkerRegistryMixin):
         endpoint_ids: Iterable[str] | None = None,
         prefer: ClaimPreference | None = None,
     ) -> Job | None:
-        """Expire queued jobs past their start deadline, then take the next queued job, if any:
-        by priority, then (with `prefer`) what this worker would rather run, then submit order."""
-        if not self._exists(jobs.c.state == JobState.QUEUED.value):
-            return None  # idle workers poll often: do not take the write lock for nothing
+        """Take the next queued job, if any: by priority, then (with `prefer`) what this worker would
+        rather run, then submit order. A job found there past its start deadline is failed instead
+        and the next one taken, so none starts late; `expire_start_deadlines` (every API node's
+        upkeep, every second) fails the rest without a scan of the queue in every claim."""
+        if not self._is_postgres and not self._exists(jobs.c.state == JobState.QUEUED.value):
+            return None  # SQLite: do not take the database-wide write lock for nothing
         with self._write() as conn:
-            now = self._now(conn)
-            self._expire_start_deadlines(conn, now)
-            query = select(jobs.c.id).where(jobs.c.state == JobState.QUEUED.value)
-            if endpoint_ids is not None:
-                query = query.where(jobs.c.endpoint_id.in_(list(endpoint_ids)))
-            query = self._locking(query.order_by(*_claim_order(prefer, now)).limit(1), skip_locked=True)
-            job_id = conn.execute(query).scalar()
-            if job_id is None:
-                return None
-            claimed = self._transition(
-                conn,
-                job_id,
-                JobState.QUEUED,
-                JobState.RUNNING,
-                values={
-                    "worker_id": worker_id,
-                    "lease_expires_at": now + lease_s,
-                    "attempts": jobs.c.attempts + 1,
-                    "started_at": now,
-                },
-            )
-            return self._get(conn, job_id) if claimed else None
+            while True:
+                candidate = conn.execute(self._next_queued(endpoint_ids, prefer)).first()
+                if candidate is None:
+                    return None
+                if candidate.late:
+                    self._transition(conn, candidate.id, JobState.QUEUED, JobState.FAILED, values={"error": START_TIMEOUT_ERROR})
+                    continue
+                now = self._now_sql()
+                return self._transition(
+                    conn,
+                    candidate.id,
+                    JobState.QUEUED,
+                    JobState.RUNNING,
+                    values={
+                        "worker_id": worker_id,
+                        "lease_expires_at": now + lease_s,
+                        "attempts": jobs.c.attempts + 1,
+                        "started_at": now,
+                    },
+                    with_input=True,
+                )
+
+    def _next_queued(self, endpoint_ids: Iterable[str] | None, prefer: ClaimPreference | None) -> Any:
+        """The id of the queued job `claim` takes next, locked (skipping rows other claimers hold),
+        and whether it is past its start deadline."""
+        now = self._now_sql()
+        query = select(jobs.c.id, (jobs.c.start_deadline < now).label("late")).where(jobs.c.state == JobState.QUEUED.value)
+        if endpoint_ids is not None:
+            query = query.where(jobs.c.endpoint_id.in_(list(endpoint_ids)))
+        return self._locking(query.order_by(*_claim_order(prefer, now)).limit(1), skip_locked=True)
 
     def expire_start_deadlines(self) -> int:
         """Fail queued jobs whose start deadline passed, even while every worker is busy."""
@@ -311,9 +342,8 @@ class Store(KeysMixin, WebhookQueueMixin, WorkerRegistryMixin):
         )
         expired = 0
         for job_id in conn.execute(self._locking(query, skip_locked=True)).scalars().all():
-            # fal marks a start timeout the client asked for as type "user" (X-Fal-Request-Timeout-Type).
-            error = error_dict(504, "Request timed out", "request_timeout", timeout_type="user")
-            expired += self._transition(conn, job_id, JobState.QUEUED, JobState.FAILED, values={"error": error})
+            failed = self._transition(conn, job_id, JobState.QUEUED, JobState.FAILED, values={"error": START_TIMEOUT_ERROR})
+            expired += failed is not None
         return expired
 
     def heartbeat(self, job_id: str, worker_id: str, lease_s: float) -> Job | None:
@@ -367,7 +397,7 @@ class Store(KeysMixin, WebhookQueueMixin, WorkerRegistryMixin):
         with self._write() as conn:
             return self._transition(
                 conn, job_id, JobState.RUNNING, new, values=values, guards=[jobs.c.worker_id == worker_id]
-            )
+            ) is not None
 
     def release(self, job_id: str, worker_id: str) -> bool:
         """Put a job this worker holds back in the queue (worker shutting down); it keeps its place.
@@ -384,9 +414,9 @@ class Store(KeysMixin, WebhookQueueMixin, WorkerRegistryMixin):
                 JobState.CANCELLED,
                 values={"error": CANCELLED_ERROR},
                 guards=[*held, jobs.c.cancel_requested.is_(True)],
-            ):
+            ) is not None:
                 return True
-            return self._transition(
+            requeued = self._transition(
                 conn,
                 job_id,
                 JobState.RUNNING,
@@ -399,6 +429,7 @@ class Store(KeysMixin, WebhookQueueMixin, WorkerRegistryMixin):
                 },
                 guards=held,
             )
+            return requeued is not None
 
     def reclaim_expired(self, max_attempts: int) -> int:
         """Running jobs whose lease ran out: requeue, or fail after `max_attempts` (or at once when
@@ -436,7 +467,7 @@ class Store(KeysMixin, WebhookQueueMixin, WorkerRegistryMixin):
                         conn, row.id, JobState.RUNNING, JobState.FAILED,
                         values={"error": error_dict(503, detail, "runner_disconnected")}, guards=still_expired,
                     )
-                changed += ok
+                changed += ok is not None
         return changed
 
     # -- upkeep -----------------------------------------------------------------------------
@@ -486,14 +517,16 @@ class Store(KeysMixin, WebhookQueueMixin, WorkerRegistryMixin):
         )
 
 
-def _claim_order(prefer: ClaimPreference | None, now: float) -> list[Any]:
+def _claim_order(prefer: ClaimPreference | None, now: ColumnElement[float]) -> list[Any]:
     if prefer is None:
         return [jobs.c.priority, jobs.c.seq]
-    waited_too_long = case((jobs.c.created_at < now - prefer.max_wait_s, 0), else_=1)
+    waited_too_long = jobs.c.created_at < now - prefer.max_wait_s
     matches = [jobs.c.endpoint_id.in_(sorted(prefer.warm_endpoints)), jobs.c.runner_hint.in_(sorted(prefer.hints))]
-    # A job this worker ran the hint of ranks above one whose pipeline is merely warm here.
-    preferred = case((matches[1], 0), (matches[0], 1), else_=2)
-    return [jobs.c.priority, waited_too_long, preferred, jobs.c.seq]
+    # A job this worker ran the hint of ranks above one whose pipeline is merely warm here. Among
+    # jobs that waited too long, age alone decides: else, with a backlog older than `max_wait_s`,
+    # a steady stream of this worker's warm jobs would starve an older job of another endpoint.
+    preferred = case((waited_too_long, 0), (matches[1], 0), (matches[0], 1), else_=2)
+    return [jobs.c.priority, case((waited_too_long, 0), else_=1), preferred, jobs.c.seq]
 
 
 def row_to_job(row: Any) -> Job:
