@@ -35,7 +35,7 @@ def test_submit_returns_fal_queue_body_with_absolute_urls_without_subpath(api: A
     job = api.store.get(rid)
     assert job is not None
     assert job.endpoint_id == "test-owner/echo/slow"  # the full id, subpath included
-    assert job.owner == "alice" and job.input == {"prompt": "hi"}
+    assert job.owner == "alice" and api.store.get(job.id, with_input=True).input == {"prompt": "hi"}  # type: ignore[union-attr]
     assert job.base_url == BASE
     assert job.file_retention_s == api.settings.file_retention_s
 

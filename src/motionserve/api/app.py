@@ -8,19 +8,27 @@ everything they share with the API goes through the store.
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Mapping
+import asyncio
+import threading
+from contextlib import asynccontextmanager
+from dataclasses import asdict
+from typing import Any, AsyncIterator, Mapping
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from motionserve import __version__
 from motionserve.api import files, metrics, openapi, queue, requests
-from motionserve.api.deps import SettingsDep, StoreDep
+from motionserve.api.deps import AdminDep, SettingsDep, StoreDep
+from motionserve.api.job_events import JobEvents
 from motionserve.api.errors import install_exception_handlers
 from motionserve.api.upload_tokens import UploadTokens, load_or_create_secret
 from motionserve.config import Settings
 from motionserve.database import make_engine
 from motionserve.endpoints.base import Endpoint
+from motionserve.jobs.changes import ChangeWatcher
+from motionserve.jobs.protocols import JobStore
+from motionserve.jobs.store import Store
 from motionserve.storage import FileStore
 
 log = logging.getLogger(__name__)
@@ -33,23 +41,32 @@ Point `fal-client` / `@fal-ai/client` here (see the README), authenticate with
 `Authorization: Key KEY_ID:SECRET`, and use the per-endpoint documents under `/openapi/{endpoint_id}.json`."""
 
 
-@ops.get("/health", summary="Liveness: the store answers; in-process workers")
+def _live_workers(store: JobStore, settings: Settings) -> list[dict[str, Any]]:
+    # Workers refresh their row every lease/3 at most: one unseen for a whole lease is gone.
+    return [asdict(w) for w in store.live_workers(seen_within_s=settings.lease_s + 5.0)]
+
+
+@ops.get("/health", summary="Liveness: the store answers; the fleet's live workers")
 def health(request: Request, store: StoreDep, settings: SettingsDep) -> JSONResponse:
     try:
-        store.has_keys()  # a real round trip to the database
+        workers = _live_workers(store, settings)  # a real round trip to the database
     except Exception as exc:  # any driver error means "not healthy", with the reason
         log.warning("health check: store unreachable: %s", exc)
         return JSONResponse({"status": "unhealthy", "detail": f"store unreachable: {exc}"}, status_code=503)
-    workers_info: Callable[[], list[dict[str, Any]]] | None = request.app.state.workers_info
     return JSONResponse(
         {
             "status": "ok",
             "version": __version__,
             "endpoints": sorted(request.app.state.endpoints),
-            "workers": workers_info() if workers_info is not None else [],
+            "workers": [{k: w[k] for k in ("host", "device", "state", "warm")} for w in workers],
             "workers_in_process": settings.workers_in_process,
         }
     )
+
+
+@ops.get("/workers", summary="Every live worker of the fleet (admin key)")
+def list_workers(_: AdminDep, store: StoreDep, settings: SettingsDep) -> JSONResponse:
+    return JSONResponse({"workers": _live_workers(store, settings)})
 
 
 def _jwks(store: Any) -> JSONResponse:
@@ -75,6 +92,22 @@ def default_endpoints() -> Mapping[str, Endpoint]:
     return ENDPOINTS
 
 
+@asynccontextmanager
+async def _watch_changes(app: FastAPI) -> AsyncIterator[None]:
+    """The process's change watcher runs while the app does (one thread, whatever the stream count)."""
+    events: JobEvents = app.state.job_events
+    stop = threading.Event()
+    thread = threading.Thread(target=events.watcher.run_forever, args=(stop,), name="job-changes", daemon=True)
+    events.attach(asyncio.get_running_loop())
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        events.detach()
+        thread.join(5)
+
+
 def _upload_token_secret(database_url: str) -> bytes:
     """Read once at start, from the job store's database (its tables must exist)."""
     engine = make_engine(database_url)
@@ -86,15 +119,16 @@ def _upload_token_secret(database_url: str) -> bytes:
 
 def create_app(
     settings: Settings,
-    store: Any,
+    store: Store,
     file_store: FileStore,
     *,
     endpoints: Mapping[str, Endpoint] | None = None,
-    workers_info: Callable[[], list[dict[str, Any]]] | None = None,
+    changes: ChangeWatcher | None = None,
 ) -> FastAPI:
-    """The app for `settings`, `store` (motionserve.jobs.store.Store) and `file_store`.
+    """The app for `settings`, `store` and `file_store`. It starts nothing but its change watcher
+    (`changes`, or its own), which in-process workers may share.
 
-    `endpoints` defaults to the registry; `workers_info` reports in-process workers on /health.
+    `endpoints` defaults to the registry.
     """
     app = FastAPI(
         title="motionserve",
@@ -102,12 +136,13 @@ def create_app(
         description=DESCRIPTION,
         # A redirect is an error for fal_client's async client: accept both forms explicitly instead.
         redirect_slashes=False,
+        lifespan=_watch_changes,
     )
     app.state.settings = settings
     app.state.store = store
     app.state.file_store = file_store
     app.state.endpoints = dict(default_endpoints() if endpoints is None else endpoints)
-    app.state.workers_info = workers_info
+    app.state.job_events = JobEvents(changes or ChangeWatcher(store))
     app.state.upload_tokens = UploadTokens(_upload_token_secret(store.url))
     install_exception_handlers(app)
     app.include_router(requests.router)

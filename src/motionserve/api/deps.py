@@ -6,26 +6,27 @@ Routes declare what they need with the `Annotated` aliases below (`SettingsDep`,
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated
 
 from fastapi import Depends, Header, Request
 
 from motionserve.api.errors import ApiError
+from motionserve.api.job_events import JobEvents
 from motionserve.config import Settings
+from motionserve.jobs.protocols import JobStore
 from motionserve.storage import FileStore
-
-if TYPE_CHECKING:
-    from motionserve.jobs.store import Store
-else:  # the API must not fail to import while the jobs layer evolves; typing only
-    Store = Any
 
 
 def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_store(request: Request) -> "Store":
+def get_store(request: Request) -> JobStore:
     return request.app.state.store
+
+
+def get_job_events(request: Request) -> JobEvents:
+    return request.app.state.job_events
 
 
 def get_file_store(request: Request) -> FileStore:
@@ -33,7 +34,8 @@ def get_file_store(request: Request) -> FileStore:
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
-StoreDep = Annotated["Store", Depends(get_store)]
+StoreDep = Annotated[JobStore, Depends(get_store)]
+JobEventsDep = Annotated[JobEvents, Depends(get_job_events)]
 FileStoreDep = Annotated[FileStore, Depends(get_file_store)]
 
 

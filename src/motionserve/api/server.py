@@ -1,8 +1,10 @@
 """Running the service: uvicorn for the API plus background threads beside it.
 
 `serve` runs, as threads of one process (never on the event loop): one worker supervisor per device
-(unless `workers_in_process` is off), the webhook dispatcher, and the expired-file clean-up. `work`
-runs only the supervisors, for a separate worker process against the same store and data directory.
+(unless `workers_in_process` is off), the webhook dispatcher and the fleet's upkeep (deadlines,
+vanished workers' jobs, retention); the app runs the process's change watcher. `work` runs only the
+supervisors (and a change watcher), for worker processes anywhere that reach the same database and
+object store.
 """
 
 from __future__ import annotations
@@ -11,17 +13,19 @@ import logging
 import os
 import signal
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from motionserve.config import Settings
+from motionserve.jobs.changes import ChangeWatcher
+from motionserve.jobs.store import Store
+from motionserve.jobs.upkeep import Upkeep
 from motionserve import storage
 from motionserve.storage import FileStore, StorageConfigError
 
 log = logging.getLogger("motionserve")
 
-FILE_CLEANUP_INTERVAL_S = 600.0
 ADMIN_KEY_FILE = "admin-key.txt"
 
 
@@ -38,10 +42,9 @@ def detect_devices() -> tuple[str, ...]:
     return tuple(f"cuda:{i}" for i in range(count)) or ("cpu",)
 
 
-def open_store(settings: Settings) -> Any:
+def open_store(settings: Settings) -> Store:
     """The job store, its database brought to (or, without auto_migrate, checked to be at) the
     newest schema; exits with one line for the operator when it is not and may not be."""
-    from motionserve.jobs.store import Store
     from motionserve.migrations import SchemaOutOfDate, require_head, upgrade
 
     Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
@@ -65,7 +68,7 @@ def open_file_store(settings: Settings) -> FileStore:
         raise SystemExit(f"motionserve: {exc}") from None
 
 
-def ensure_admin_key(store: Any, data_dir: Path) -> Path | None:
+def ensure_admin_key(store: Store, data_dir: Path) -> Path | None:
     """On a fresh store, create a first key and leave it in `{data_dir}/admin-key.txt` (0600).
     Only the path is logged: logs are read by more people than the operator."""
     if store.has_keys():
@@ -85,7 +88,6 @@ class _Service:
     name: str
     target: Callable[[threading.Event], None]
     thread: threading.Thread | None = None
-    info: dict[str, Any] = field(default_factory=dict)
 
 
 class BackgroundServices:
@@ -95,8 +97,8 @@ class BackgroundServices:
         self.stop_event = threading.Event()
         self._services: list[_Service] = []
 
-    def add(self, name: str, target: Callable[[threading.Event], None], **info: Any) -> None:
-        self._services.append(_Service(name, target, info=info))
+    def add(self, name: str, target: Callable[[threading.Event], None]) -> None:
+        self._services.append(_Service(name, target))
 
     def start(self) -> None:
         for service in self._services:
@@ -124,55 +126,22 @@ class BackgroundServices:
                 while service.thread.is_alive():
                     service.thread.join(0.5)
 
-    def workers_info(self) -> list[dict[str, Any]]:
-        return [
-            {**s.info, "alive": bool(s.thread and s.thread.is_alive())}
-            for s in self._services
-            if s.info.get("kind") == "worker"
-        ]
 
-
-def add_workers(services: BackgroundServices, settings: Settings, store: Any, file_store: FileStore) -> None:
+def add_workers(services: BackgroundServices, settings: Settings, store: Store, changes: ChangeWatcher) -> list[str]:
+    """A supervisor per device, woken by `changes` when work is queued; returns the devices."""
     from motionserve.jobs.worker import WorkerSupervisor
 
-    for device in settings.devices or detect_devices():
-        supervisor = WorkerSupervisor(settings, store, device=device, file_store=file_store)
-        services.add(f"worker-{device}", supervisor.run_forever, kind="worker", device=device)
+    devices = list(settings.devices or detect_devices())
+    for device in devices:
+        supervisor = WorkerSupervisor(settings, store, device, changes=changes)
+        services.add(f"worker-{device}", supervisor.run_forever)
+    return devices
 
 
-def add_webhooks(services: BackgroundServices, settings: Settings, store: Any) -> None:
+def add_webhooks(services: BackgroundServices, settings: Settings, store: Store) -> None:
     from motionserve.jobs.webhooks import WebhookDispatcher
 
     services.add("webhooks", WebhookDispatcher(store, settings.allow_private_urls).run_forever)
-
-
-def add_file_cleanup(services: BackgroundServices, file_store: FileStore, interval_s: float = FILE_CLEANUP_INTERVAL_S) -> None:
-    def clean(stop: threading.Event) -> None:
-        while not stop.is_set():
-            try:
-                removed = file_store.delete_expired()
-                if removed:
-                    log.info("deleted %d expired files", removed)
-            except Exception:  # disk, database or bucket: the thread must live on
-                log.exception("expired-file clean-up failed; retrying later")
-            stop.wait(interval_s)
-
-    services.add("file-cleanup", clean)
-
-
-def add_deadline_expiry(services: BackgroundServices, store: Any, interval_s: float = 1.0) -> None:
-    """Workers expire start deadlines when they claim; this covers the time when all of them are busy,
-    so a client's X-Fal-Request-Timeout ends its request on time rather than when a worker frees up."""
-
-    def expire(stop: threading.Event) -> None:
-        while not stop.is_set():
-            try:
-                store.expire_start_deadlines()
-            except Exception:  # a store hiccup must not end the thread
-                log.exception("start-deadline expiry failed; retrying later")
-            stop.wait(interval_s)
-
-    services.add("deadline-expiry", expire)
 
 
 def serve(settings: Settings) -> None:
@@ -186,13 +155,13 @@ def serve(settings: Settings) -> None:
     store = open_store(settings)
     ensure_admin_key(store, Path(settings.data_dir))
     file_store = open_file_store(settings)
+    changes = ChangeWatcher(store)  # the app runs it; in-process workers listen to it too
     services = BackgroundServices()
     if settings.workers_in_process:
-        add_workers(services, settings, store, file_store)
+        add_workers(services, settings, store, changes)
     add_webhooks(services, settings, store)
-    add_file_cleanup(services, file_store)
-    add_deadline_expiry(services, store)
-    app = create_app(settings, store, file_store, workers_info=services.workers_info)
+    services.add("upkeep", Upkeep.for_node(settings, store, file_store).run_forever)
+    app = create_app(settings, store, file_store, changes=changes)
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -234,8 +203,11 @@ def work(settings: Settings) -> None:
 
         serve_worker_metrics(settings.metrics_port)
     store = open_store(settings)
+    open_file_store(settings).close()  # a bad bucket stops the worker now, in one line, not each model process
     services = BackgroundServices()
-    add_workers(services, settings, store, open_file_store(settings))
+    changes = ChangeWatcher(store)
+    services.add("job-changes", changes.run_forever)
+    devices = add_workers(services, settings, store, changes)
 
     def request_stop(signum: int, _: Any) -> None:
         log.info("received signal %d: stopping workers", signum)
@@ -244,7 +216,7 @@ def work(settings: Settings) -> None:
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     services.start()
-    log.info("workers running on %s", ", ".join(s["device"] for s in services.workers_info()))
+    log.info("workers running on %s", ", ".join(devices))
     try:
         services.wait()
     finally:
