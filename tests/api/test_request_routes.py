@@ -183,3 +183,37 @@ def test_status_stream_sends_keepalive_comments_while_nothing_changes(api: Api) 
     first, *rest = anyio.run(first_three)
     assert first.startswith("data: ") and json.loads(first[6:])["status"] == "IN_QUEUE"
     assert rest == [": keepalive\n\n", ": keepalive\n\n"]
+
+
+def test_a_queued_stream_follows_its_position_as_the_queue_moves(api: Api) -> None:
+    for _ in range(2):
+        api.submit()
+    rid = api.submit()["request_id"]
+    events: list[dict] = []
+
+    def read() -> None:
+        with api.client.stream("GET", f"{APP}/requests/{rid}/status/stream", headers=api.auth) as r:
+            for line in r.iter_lines():
+                if line.startswith("data: "):
+                    events.append(json.loads(line[len("data: "):]))
+
+    def seen(predicate) -> bool:  # type: ignore[no-untyped-def]
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if any(predicate(e) for e in events):
+                return True
+            time.sleep(0.02)
+        return False
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    assert seen(lambda e: e.get("queue_position") == 2)
+    for expected in (1, 0):  # each job ahead leaves the queue: one query for every stream moves this one
+        api.worker.run_one()
+        assert seen(lambda e, p=expected: e.get("queue_position") == p), events
+    job = api.worker.claim()
+    assert job is not None and job.id == rid
+    assert seen(lambda e: e["status"] == "IN_PROGRESS")
+    api.worker.succeed(job)
+    reader.join(10)
+    assert events[-1]["status"] == "COMPLETED" and [e["request_id"] for e in events] == [rid] * len(events)

@@ -40,6 +40,17 @@ def test_queue_order_is_priority_then_submit_order(store: Store) -> None:
     assert store.queue_position(store.get(first.id)) == 0  # type: ignore[arg-type]
 
 
+def test_queue_positions_of_many_jobs_in_one_query(store: Store) -> None:
+    first, second = submit(store), submit(store)
+    low = submit(store, priority=Priority.LOW)
+    urgent = submit(store)
+    assert store.queue_positions([first.id, low.id, urgent.id]) == {first.id: 0, urgent.id: 2, low.id: 3}
+    assert store.claim("w", 30).id == first.id  # type: ignore[union-attr]
+    assert store.queue_positions([first.id, second.id, low.id]) == {second.id: 0, low.id: 2}  # first left
+    assert store.queue_positions([]) == {}
+    assert store.queue_positions([low.id]) == {low.id: store.queue_position(low)}
+
+
 def test_claim_filters_endpoints(store: Store) -> None:
     a = submit(store, endpoint_id="a/x")
     b = submit(store, endpoint_id="b/y")

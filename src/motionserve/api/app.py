@@ -142,7 +142,7 @@ def create_app(
     app.state.store = store
     app.state.file_store = file_store
     app.state.endpoints = dict(default_endpoints() if endpoints is None else endpoints)
-    app.state.job_events = JobEvents(changes or ChangeWatcher(store))
+    app.state.job_events = JobEvents(changes or ChangeWatcher(store), store)
     app.state.upload_tokens = UploadTokens(_upload_token_secret(store.url))
     install_exception_handlers(app)
     app.include_router(requests.router)

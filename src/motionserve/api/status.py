@@ -21,8 +21,8 @@ from motionserve.api.job_events import JobEvents
 from motionserve.jobs.models import Job, JobState, LogLine
 from motionserve.jobs.protocols import JobStore
 
-# After a wake-up, wait this long before reading the store: changes that come in bursts (a log line
-# per denoising step, many jobs leaving the queue) then cost one read, not one each.
+# After a wake-up, wait this long before reading the store: changes that come in bursts (log lines
+# of consecutive denoising steps) then cost one read, not one each.
 MIN_REREAD_S = 0.05
 # An SSE comment this often while nothing changes, so idle-connection timeouts (proxies, load
 # balancers) do not cut a stream that waits for a long queue; clients ignore comments.
@@ -142,23 +142,27 @@ async def status_events(
 ) -> AsyncIterator[str]:
     """SSE `data:` events: one per change (state, queue position, or new log lines), each carrying
     only the log lines not sent before (the JS client appends them); ends after COMPLETED.
-    The store is read only when the process's change watcher says this job (or, while it is queued,
-    the queue) changed. Starlette cancels this generator when the client disconnects."""
+    The store is read only when the process's change watcher says this job changed; while it is
+    queued, `events` keeps its position current for all streams at once. Starlette cancels this
+    generator when the client disconnects."""
     last_key: tuple[Any, ...] | None = None
     last_seq = 0
     last_sent = time.monotonic()
     with events.subscribe(job_id) as changes:
+        needs_read = True
         while True:
-            job = await anyio.to_thread.run_sync(store.get, job_id)
-            if job is None:
-                return
             new_logs: list[LogLine] | None = None
-            if with_logs:
-                new_logs = await anyio.to_thread.run_sync(store.logs, job_id, last_seq)
-                if new_logs:
-                    last_seq = new_logs[-1].seq
-            changes.watch_queue = job.state is JobState.QUEUED
-            position = await anyio.to_thread.run_sync(store.queue_position, job) if changes.watch_queue else 0
+            if needs_read:
+                job = await anyio.to_thread.run_sync(store.get, job_id)
+                if job is None:
+                    return
+                if with_logs:
+                    new_logs = await anyio.to_thread.run_sync(store.logs, job_id, last_seq)
+                    if new_logs:
+                        last_seq = new_logs[-1].seq
+                changes.watch_queue = job.state is JobState.QUEUED
+                changes.position = await anyio.to_thread.run_sync(store.queue_position, job) if changes.watch_queue else 0
+            position = changes.position or 0  # without a read: the queue moved, JobEvents read where we are
             key = (job.state, position)
             if key != last_key or new_logs or job.is_terminal:
                 last_key = key
@@ -167,8 +171,11 @@ async def status_events(
                 last_sent = time.monotonic()
             if job.is_terminal:
                 return
-            if await changes.wait(max(0.0, last_sent + keepalive_s - time.monotonic())):
-                await anyio.sleep(MIN_REREAD_S)  # coalesce bursts (a log line per step, a busy queue)
-            elif time.monotonic() - last_sent >= keepalive_s:
+            woken = await changes.wait(max(0.0, last_sent + keepalive_s - time.monotonic()))
+            # Not woken: the fallback timer; read in case a notification was lost.
+            needs_read = changes.take_needs_read() or not woken
+            if woken and needs_read:
+                await anyio.sleep(MIN_REREAD_S)  # coalesce bursts (a log line per denoising step)
+            elif not woken and time.monotonic() - last_sent >= keepalive_s:
                 yield ": keepalive\n\n"
                 last_sent = time.monotonic()

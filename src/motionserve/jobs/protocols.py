@@ -6,7 +6,7 @@ on `WorkerStore`, so either side can be read (and faked) without the SQL behind 
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Protocol, Sequence
+from typing import Any, Collection, Iterable, Protocol, Sequence
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -47,6 +47,8 @@ class JobStore(Protocol):
     def get(self, job_id: str, *, with_input: bool = False) -> Job | None: ...
 
     def queue_position(self, job: Job) -> int: ...
+
+    def queue_positions(self, job_ids: Collection[str]) -> dict[str, int]: ...
 
     def logs(self, job_id: str, after_seq: int = 0) -> list[LogLine]: ...
 

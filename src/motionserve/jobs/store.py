@@ -251,6 +251,20 @@ class Store(KeysMixin, WebhookQueueMixin, WorkerRegistryMixin):
             ).scalar_one()
         return int(count)
 
+    def queue_positions(self, job_ids: Collection[str]) -> dict[str, int]:
+        """`queue_position` of many jobs in one query: what one node's status streams need after the
+        queue moved. Jobs no longer queued are absent from the answer."""
+        if not job_ids:
+            return {}
+        ranked = (
+            select(jobs.c.id, (func.row_number().over(order_by=(jobs.c.priority, jobs.c.seq)) - 1).label("position"))
+            .where(jobs.c.state == JobState.QUEUED.value)
+            .subquery()
+        )
+        with self._read() as conn:
+            rows = conn.execute(select(ranked.c.id, ranked.c.position).where(ranked.c.id.in_(list(job_ids)))).all()
+        return {r.id: int(r.position) for r in rows}
+
     def logs(self, job_id: str, after_seq: int = 0) -> list[LogLine]:
         with self._read() as conn:
             rows = conn.execute(
