@@ -170,9 +170,11 @@ class Server:
             time.sleep(0.25)
         raise RuntimeError(f"server not healthy after {timeout_s}s ({last_error}):\n{self.process.log()}")
 
-    def create_key(self, label: str = "e2e") -> str:
-        """`motionserve keys create`; the last stdout line is `KEY_ID:SECRET`."""
-        args = [sys.executable, "-m", "motionserve", "keys", "create", "--data-dir", str(self.data_dir)]
+    def create_key(self, label: str = "e2e", *, admin: bool = False) -> str:
+        """`motionserve keys create [--admin]`; the last stdout line is `KEY_ID:SECRET`."""
+        args = [sys.executable, "-m", "motionserve", "keys", "create", "--data-dir", str(self.data_dir), "--label", label]
+        if admin:
+            args.append("--admin")
         if self.database_url:
             args += ["--database-url", self.database_url]
         out = subprocess.run(args, capture_output=True, text=True, env=base_env(), timeout=120)
@@ -203,10 +205,11 @@ def serve_args(
     allow_private_urls: bool = True,
     workers: bool = True,
     database_url: str | None = None,
+    weights: str = "tiny",
     extra: Iterable[str] = (),
 ) -> list[str]:
     args = [
-        "serve", "--host", "127.0.0.1", "--port", str(port), "--data-dir", str(data_dir), "--weights", "tiny",
+        "serve", "--host", "127.0.0.1", "--port", str(port), "--data-dir", str(data_dir), "--weights", weights,
         "--tls-cert", str(tls.server_cert), "--tls-key", str(tls.server_key),
     ]
     if allow_private_urls:
@@ -243,13 +246,14 @@ def start_server(
     database_url: str | None = None,
     env: dict[str, str] | None = None,
     models_cache: Path | None = None,
+    weights: str = "tiny",
     extra: Iterable[str] = (),
 ) -> Server:
     link_models_cache(data_dir, models_cache)
     port = free_port()
     args = serve_args(
         data_dir, tls, port, allow_private_urls=allow_private_urls, workers=workers, database_url=database_url,
-        extra=extra,
+        weights=weights, extra=extra,
     )
     process = ManagedProcess(name, args, log_dir / f"{name}-{port}.log", base_env(env)).start()
     server = Server(data_dir, tls, port, process, database_url)
@@ -269,10 +273,12 @@ def start_worker(
     database_url: str | None = None,
     env: dict[str, str] | None = None,
     models_cache: Path | None = None,
+    weights: str = "tiny",
+    extra: Iterable[str] = (),
 ) -> ManagedProcess:
     """`motionserve worker` against the same store as a `serve --no-workers`."""
     link_models_cache(data_dir, models_cache)
-    args = ["worker", "--data-dir", str(data_dir), "--weights", "tiny"]
+    args = ["worker", "--data-dir", str(data_dir), "--weights", weights, *extra]
     if database_url:
         args += ["--database-url", database_url]
     return ManagedProcess(name, args, log_dir / f"{name}-{next(_worker_serial)}.log", base_env(env)).start()
