@@ -337,3 +337,13 @@ def test_concurrent_claimers_never_share_a_job(store: Store, db_url: str) -> Non
     for t in threads:
         t.join(120)
     assert sorted(claimed) == sorted(ids)  # every job exactly once
+
+
+def test_only_one_node_creates_the_first_admin_key(store: Store, db_url: str) -> None:
+    other_node = Store(db_url)
+    first = store.create_first_admin_key()
+    assert first is not None and other_node.create_first_admin_key() is None
+    assert store.create_first_admin_key() is None
+    (key,) = store.list_keys()
+    assert key.admin and key.key_id == first[0]
+    other_node.close()

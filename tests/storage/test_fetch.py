@@ -381,4 +381,10 @@ def test_own_file_urls_are_read_through_the_file_store(tmp_path: Path) -> None:
         fetch(url, own_files=files, own_base_urls=[base], max_bytes=4)
     with pytest.raises(FetchError, match="does not exist or has expired"):
         fetch(url.replace(stored.token, "A" * len(stored.token)), own_files=files, own_base_urls=[base])
+    # Another API node's URL for the same file (that node may be gone): read from the store, no network.
+    other_node = files.file_url("https://10.0.0.7:8443/motion", stored)
+    assert fetch(other_node, own_files=files, own_base_urls=[base]) == b"uploaded clip"
+    # A look-alike path whose token we do not hold is someone else's file: fetched (here: refused) as usual.
+    with pytest.raises(FetchError, match="non-public address"):
+        fetch(other_node.replace(stored.token, "B" * len(stored.token)), own_files=files, own_base_urls=[base])
     files.close()

@@ -71,9 +71,10 @@ def open_file_store(settings: Settings) -> FileStore:
 def ensure_admin_key(store: Store, data_dir: Path) -> Path | None:
     """On a fresh store, create a first key and leave it in `{data_dir}/admin-key.txt` (0600).
     Only the path is logged: logs are read by more people than the operator."""
-    if store.has_keys():
+    created = store.create_first_admin_key()
+    if created is None:
         return None
-    key_id, secret = store.create_key("admin", "created on first start", admin=True)
+    key_id, secret = created
     path = Path(data_dir) / ADMIN_KEY_FILE
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:

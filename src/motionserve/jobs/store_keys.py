@@ -19,10 +19,14 @@ from sqlalchemy import Connection, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from motionserve.jobs.models import ApiKey, Caller
-from motionserve.database import api_keys, signing_keys
+from motionserve.database import api_keys, server_secrets, signing_keys
 
 if TYPE_CHECKING:
     _Tx = Callable[[], AbstractContextManager[Connection]]
+
+
+FIRST_ADMIN_KEY_LABEL = "created on first start"
+FIRST_ADMIN_KEY_MARKER = "first_admin_key"  # a server_secrets row: only one node creates the first key
 
 
 def _hash_secret(salt: bytes, secret: str) -> bytes:
@@ -56,6 +60,18 @@ class KeysMixin:
                 )
             )
         return key_id, secret
+
+    def create_first_admin_key(self) -> tuple[str, str] | None:
+        """The admin key of a fresh store, created by exactly one of the nodes that start together on
+        it (the one whose marker row lands); None when keys exist or another node made it."""
+        if self.has_keys():
+            return None
+        try:
+            with self._write() as conn:
+                conn.execute(insert(server_secrets).values(name=FIRST_ADMIN_KEY_MARKER, value=b"", created_at=self._clock()))
+        except IntegrityError:
+            return None  # another node won
+        return self.create_key("admin", FIRST_ADMIN_KEY_LABEL, admin=True)
 
     def verify_key(self, key_id: str, secret: str) -> str | None:
         """The key's owner if `secret` matches an unrevoked key, else None."""

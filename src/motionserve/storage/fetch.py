@@ -35,7 +35,7 @@ import httpx
 
 from motionserve.errors import FetchError
 from motionserve.storage.addresses import IPAddress, is_public_address, parse_ip
-from motionserve.storage.types import FileReader, FileStoreError, FileTooLargeError
+from motionserve.storage.types import FileReader, FileStoreError, FileTooLargeError, token_in_path
 
 MAX_REDIRECTS = 5
 _REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
@@ -130,6 +130,12 @@ def _fetch_locally(url: str, max_bytes: int, own_files: FileReader | None, own_b
         token = own_files.token_from_url(url, bases)
         if token is not None:
             return _read_own(own_files, token, url, max_bytes)
+    if own_files is not None:
+        # Another node's name for one of our files: read it from the store when the token is there.
+        token = token_in_path(url)
+        data = _read_own_if_there(own_files, token, url, max_bytes) if token is not None else None
+        if data is not None:
+            return data
     scheme = url.split(":", 1)[0].lower() if ":" in url else ""
     if scheme == "data":
         return decode_data_uri(url, max_bytes)
@@ -140,15 +146,19 @@ def _fetch_locally(url: str, max_bytes: int, own_files: FileReader | None, own_b
 
 
 def _read_own(own_files: FileReader, token: str, url: str, max_bytes: int) -> bytes:
+    data = _read_own_if_there(own_files, token, url, max_bytes)
+    if data is None:
+        raise FetchError(f"{display_url(url)} does not exist or has expired")
+    return data
+
+
+def _read_own_if_there(own_files: FileReader, token: str, url: str, max_bytes: int) -> bytes | None:
     try:
-        data = own_files.read_bytes(token, max_bytes)
+        return own_files.read_bytes(token, max_bytes)
     except FileTooLargeError as exc:
         raise FetchError(_too_large(display_url(url), max_bytes)) from exc
     except (FileStoreError, OSError) as exc:
         raise FetchError(f"{display_url(url)} could not be read") from exc
-    if data is None:
-        raise FetchError(f"{display_url(url)} does not exist or has expired")
-    return data
 
 
 # ------------------------------------------------------------------------------------ http(s)

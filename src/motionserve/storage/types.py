@@ -195,6 +195,23 @@ def file_url(base_url: str, stored: StoredFile | PendingUpload) -> str:
     return f"{base_url.rstrip('/')}/files/{stored.token}/{stored.file_name}"
 
 
+_FILE_PATH = re.compile(r"/files/([A-Za-z0-9_-]{16,64})/[^/]+$")
+
+
+def token_in_path(url: str) -> str | None:
+    """The token of a URL shaped like one of our file URLs (`.../files/{token}/{name}`) on any host.
+
+    Another API node of the fleet (or one behind another name) hands out such URLs; a worker that
+    finds the token in the store reads the file from there instead of over the network, which also
+    keeps working after the node that took the upload is gone."""
+    try:
+        path = urlsplit(url).path
+    except ValueError:
+        return None
+    match = _FILE_PATH.search(path)
+    return match.group(1) if match else None
+
+
 def token_from_url(url: str, own_base_urls: Iterable[str]) -> str | None:
     """The token of one of our own file URLs (under any of `own_base_urls`), else None."""
     try:
