@@ -50,13 +50,16 @@ def open_file_store(settings: Settings, engine: Engine | None = None) -> FileSto
     exist (the job store creates or migrates them).
     """
     backend = _open_backend(settings)
-    return DatabaseFileStore(
+    store = DatabaseFileStore(
         engine if engine is not None else make_engine(settings.resolved_database_url),
         backend,
         tmp_dir=settings.files_dir / "tmp",
         max_bytes=settings.max_upload_bytes,
         owns_engine=engine is None,
     )
+    if isinstance(backend, LocalObjects):
+        backend.adopt_previous_release(store.catalog)
+    return store
 
 
 def _open_backend(settings: Settings) -> ObjectBackend:

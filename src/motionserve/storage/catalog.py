@@ -54,6 +54,12 @@ class FileCatalog:
         with self._write() as conn:
             return conn.execute(delete(files).where(files.c.token.in_(tokens), files.c.expires_at <= now)).rowcount
 
+    def adopt(self, stored: StoredFile) -> None:
+        """Add the row of a file whose bytes are already in place (a previous release's file)."""
+        with self._write() as conn:
+            if conn.execute(select(files.c.token).where(files.c.token == stored.token)).first() is None:
+                conn.execute(insert(files).values(**_file_values(stored)))
+
     # ---- uploads (reservations) --------------------------------------------------------------
 
     def reserve(self, pending: PendingUpload) -> None:

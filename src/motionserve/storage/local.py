@@ -13,16 +13,19 @@ the database (storage/catalog.py), not here.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import secrets
 import shutil
 from pathlib import Path
 from typing import Sequence
 
+from motionserve.storage.catalog import FileCatalog
 from motionserve.storage.store import Part
-from motionserve.storage.types import Delivery, PendingUpload, ServeFile, StoredFile, UploadNotFoundError
+from motionserve.storage.types import Delivery, PendingUpload, ServeFile, StoredFile, UploadNotFoundError, is_token
 
 _COPY_CHUNK = 1024 * 1024
+_SIDECAR_FIELDS = ("token", "file_name", "content_type", "size", "created_at", "expires_at")
 
 
 class LocalObjects:
@@ -33,6 +36,23 @@ class LocalObjects:
         self._tmp = self.root / "tmp"
         for d in (self._objects, self._uploads, self._tmp):
             d.mkdir(parents=True, exist_ok=True)
+
+    def adopt_previous_release(self, catalog: FileCatalog) -> int:
+        """Files of releases that kept their metadata in `objects/<token>.json` sidecars: their rows
+        go into the catalog (the bytes are already where this backend keeps them), then the sidecar
+        goes. Run at start, so an upgraded install keeps serving its files and inputs."""
+        adopted = 0
+        for sidecar in self._objects.glob("*.json"):
+            try:
+                meta = json.loads(sidecar.read_text())
+                stored = StoredFile(**{k: meta[k] for k in _SIDECAR_FIELDS}, kind="upload")
+            except (OSError, ValueError, KeyError, TypeError):
+                continue  # unreadable: leave it for an operator to look at
+            if is_token(stored.token) and (self._objects / stored.token).is_file():
+                catalog.adopt(stored)
+                adopted += 1
+            sidecar.unlink(missing_ok=True)
+        return adopted
 
     def object_path(self, token: str) -> Path:
         return self._objects / token
