@@ -56,6 +56,10 @@ class FetchError(MotionserveError):
     error_type = "file_download_error"
 
 
+class AddressRefusedError(FetchError):
+    """A URL refused by policy (a non-public address, an unsupported scheme): no retry can help."""
+
+
 class ModelUnavailableError(MotionserveError):
     """A checkpoint the endpoint needs is missing; the message says what and how to get it."""
 

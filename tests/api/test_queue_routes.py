@@ -11,7 +11,7 @@ import pytest
 
 from motionserve.jobs.models import JobState, Priority
 
-from .conftest import Api
+from .conftest import Api, make_api
 
 BASE = "http://testserver"
 
@@ -162,6 +162,20 @@ def test_webhook_url_is_stored_and_must_be_http(api: Api) -> None:
     assert api.store.get(body["request_id"]).webhook_url == "https://hooks.example/x?a=1"  # type: ignore[union-attr]
     r = api.client.post("/queue/test-owner/echo", params={"fal_webhook": "ftp://x"}, json={"prompt": "x"}, headers=api.auth)
     assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["query", "fal_webhook"]
+
+
+@pytest.mark.parametrize("hook", ["http://127.0.0.1:9/hook", "http://10.1.2.3/hook", "http://169.254.169.254/latest",
+                                  "https://[::1]/hook", "http://localhost/hook"])
+def test_a_webhook_the_server_will_never_call_is_refused_at_submit(api: Api, hook: str) -> None:
+    r = api.client.post("/queue/test-owner/echo", params={"fal_webhook": hook}, json={"prompt": "x"}, headers=api.auth)
+    assert r.status_code == 422, r.text
+    (entry,) = r.json()["detail"]
+    assert entry["loc"] == ["query", "fal_webhook"] and "non-public address" in entry["msg"]
+
+
+def test_private_webhooks_are_accepted_when_the_operator_allows_them(tmp_path: Any) -> None:
+    for api in make_api(tmp_path, allow_private_urls=True):
+        api.submit(params={"fal_webhook": "http://127.0.0.1:9/hook"})
 
 
 def _work_in_background(api: Api, action: str = "succeed") -> threading.Thread:

@@ -121,12 +121,15 @@ def test_retry_schedule_is_ten_attempts_over_about_two_hours() -> None:
     assert 1.5 * 3600 <= sum(RETRY_DELAYS_S) <= 2.5 * 3600
 
 
-def test_private_target_refused_unless_allowed(store: Store, clock, receiver: Receiver) -> None:  # type: ignore[no-untyped-def]
+def test_private_target_refused_unless_allowed_and_never_retried(store: Store, clock, receiver: Receiver) -> None:  # type: ignore[no-untyped-def]
     job_id = finished_job(store, receiver.url)
     assert WebhookDispatcher(store, allow_private=False, clock=clock).deliver_due() == 0
     assert receiver.requests == []
     record = store.webhook_deliveries(job_id)[0]
-    assert record["state"] == "pending" and "refused" in record["last_error"]
+    # Refused by policy: no later try could succeed, so it is given up at once (not 10 tries over 2 h).
+    assert record["state"] == "failed" and record["attempts"] == 1 and "refused" in record["last_error"]
+    clock.advance(3 * 3600)
+    assert store.due_webhooks(clock.now) == []
 
 
 def test_unreachable_receiver_is_an_attempt(store: Store, clock) -> None:  # type: ignore[no-untyped-def]

@@ -20,6 +20,7 @@ from motionserve.api.ids import AppId, parse_endpoint_id
 from motionserve.api.job_events import JobEvents
 from motionserve.api.status import RequestUrls, result_response
 from motionserve.config import Settings
+from motionserve.errors import AddressRefusedError, FetchError, InputValidationError
 from motionserve.endpoints.base import Endpoint, Limits
 from motionserve.jobs.models import Job
 from motionserve.jobs.protocols import JobStore
@@ -44,6 +45,8 @@ async def _submit(request: Request, raw_id: str, owner: str, settings: Settings,
     app_id, endpoint = resolve_endpoint(request, raw_id)
     payload = await read_json_object(request)
     options = parse_submit_options(request.headers, webhook)
+    if options.webhook_url is not None:
+        await _check_webhook_target(options.webhook_url, settings)
     endpoint.validate(payload, Limits(max_frames=settings.max_frames))
     job = await anyio.to_thread.run_sync(
         lambda: store.submit(
@@ -60,6 +63,22 @@ async def _submit(request: Request, raw_id: str, owner: str, settings: Settings,
         )
     )
     return app_id, job
+
+
+async def _check_webhook_target(url: str, settings: Settings) -> None:
+    """A webhook the server would refuse to call (loopback, private, link-local...) is a 422 now,
+    not ten refused deliveries over two hours. A name that does not resolve yet is accepted."""
+    from motionserve.jobs.webhooks import resolve_webhook_target
+
+    try:
+        await anyio.to_thread.run_sync(resolve_webhook_target, url, settings.allow_private_urls)
+    except AddressRefusedError as exc:
+        raise InputValidationError(
+            [{"loc": ["query", "fal_webhook"], "msg": f"The server will not call this webhook: {exc.message}",
+              "type": "value_error", "input": url}]
+        ) from exc
+    except FetchError:
+        pass
 
 
 @router.post("/queue/{endpoint_id:path}", include_in_schema=False)

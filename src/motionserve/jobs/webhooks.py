@@ -23,7 +23,7 @@ import httpx
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from motionserve.errors import FetchError
+from motionserve.errors import AddressRefusedError, FetchError
 from motionserve.jobs.models import PendingWebhook
 from motionserve.jobs.webhook_payload import fal_webhook_payload, webhook_body
 from motionserve.storage.fetch import checked_addresses, tls_context
@@ -139,9 +139,9 @@ def resolve_webhook_target(url: str, allow_private: bool) -> _Target:
     try:
         parsed = httpx.URL(url)
     except (httpx.InvalidURL, TypeError, ValueError) as exc:
-        raise FetchError(f"invalid webhook URL {url[:120]!r}") from exc
+        raise AddressRefusedError(f"invalid webhook URL {url[:120]!r}") from exc
     if parsed.scheme not in ("http", "https") or not parsed.raw_host:
-        raise FetchError(f"webhook URL must be http(s) with a host: {url[:120]!r}")
+        raise AddressRefusedError(f"webhook URL must be http(s) with a host: {url[:120]!r}")
     if allow_private:
         return _Target(parsed, {}, {})
     host = parsed.raw_host.decode("ascii")
@@ -195,18 +195,21 @@ class WebhookDispatcher:
 
     def _deliver(self, client: httpx.Client, hook: PendingWebhook) -> bool:
         error: str | None
+        refused = False
         try:
             target = resolve_webhook_target(hook.url, self.allow_private)
             headers = signature_headers(self.store.signing_key(), hook.job_id, hook.owner, hook.body, int(self.clock()))
             headers.update({"Content-Type": "application/json", "User-Agent": "motionserve-webhook", **target.headers})
             response = client.post(target.url, content=hook.body, headers=headers, extensions=target.extensions)
             error = None if response.is_success else f"HTTP {response.status_code}"
+        except AddressRefusedError as exc:
+            error, refused = f"refused: {exc.message}", True  # policy: never tried again
         except FetchError as exc:
-            error = f"refused: {exc.message}"
+            error = f"refused: {exc.message}"  # e.g. the name does not resolve (yet): worth a retry
         except httpx.HTTPError as exc:
             error = f"{type(exc).__name__}: {exc}"
         delivered = error is None
-        delay = None if delivered else next_attempt_delay(hook.attempts + 1)
+        delay = None if delivered or refused else next_attempt_delay(hook.attempts + 1)
         try:
             self.store.record_webhook_attempt(
                 hook.id, delivered, error, None if delay is None else self.clock() + delay

@@ -33,7 +33,7 @@ from urllib.parse import unquote, unquote_to_bytes
 import certifi
 import httpx
 
-from motionserve.errors import FetchError
+from motionserve.errors import AddressRefusedError, FetchError
 from motionserve.storage.addresses import IPAddress, is_public_address, parse_ip
 from motionserve.storage.types import FileReader, FileStoreError, FileTooLargeError, token_in_path
 
@@ -266,7 +266,7 @@ def checked_addresses(
             raise FetchError(f"could not resolve host '{host}'")
     for address in addresses:
         if not address_ok(host, address):
-            raise FetchError(
+            raise AddressRefusedError(
                 f"refusing to fetch from '{host}': it resolves to {address}, a loopback, private or"
                 " otherwise non-public address"
             )
