@@ -281,8 +281,28 @@ def resolve_lora_source(source: str, *, local_root: Path | None = None, max_byte
             return Path(hf_hub_download(repo, file, local_files_only=offline))
         folder = snapshot_download(repo, allow_patterns=_LORA_PATTERNS, local_files_only=offline)
         return lora_weights_file(Path(folder))
+    except _hub_transport_errors() as exc:
+        # The hub is down or unreachable: not the request's fault (503), unlike a missing repo (422).
+        raise ModelUnavailableError(
+            f"LoRA {source!r} could not be fetched: the Hugging Face hub cannot be reached ({exc}). Try again"
+            " later, or give the LoRA as a URL or a file in this server's LoRA folder"
+        ) from exc
     except (HfHubHTTPError, HFValidationError, OSError, ModelUnavailableError) as exc:
         raise LoraSourceError(f"LoRA {source!r} could not be fetched from the hub: {exc}") from exc
+
+
+def _hub_transport_errors() -> tuple[type[BaseException], ...]:
+    """The connection errors huggingface_hub's HTTP client raises (httpx2 in current releases, httpx before)."""
+    import httpx
+
+    errors: list[type[BaseException]] = [httpx.TransportError]
+    try:
+        import httpx2
+
+        errors.append(httpx2.TransportError)
+    except ImportError:
+        pass
+    return tuple(errors)
 
 
 def _local_lora(source: str, local_root: Path | None) -> Path | None:
