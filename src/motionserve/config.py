@@ -49,6 +49,7 @@ class Settings(BaseSettings):
     warm_claim_max_wait_s: float = 30.0
     drain_timeout_s: float = 10.0  # a stopping worker lets its job finish this long, then requeues it
     sync_run_timeout_s: float = 3600.0
+    max_queue_length: int = 0  # queued requests per endpoint beyond which a submit is a 429; 0: no cap
     lora_dir: Path | None = None  # where user LoRAs given as local paths may come from; default data_dir/loras
     memory_budget_gb: float | None = None  # GPU memory for warm pipelines; None: the device's total
     auto_migrate: bool = True  # upgrade the database schema on start

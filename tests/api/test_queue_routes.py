@@ -252,3 +252,14 @@ def test_run_cancels_the_job_when_the_client_disconnects(api: Api) -> None:
     assert start["status"] == 499
     request_id = dict(start["headers"])[b"x-fal-request-id"].decode()
     assert api.store.get(request_id).state is JobState.CANCELLED  # type: ignore[union-attr]
+
+
+def test_a_full_queue_answers_429_with_retry_after(tmp_path: Any) -> None:
+    for api in make_api(tmp_path, max_queue_length=2):
+        api.submit()
+        api.submit()
+        r = api.client.post("/queue/test-owner/echo", json={"prompt": "x"}, headers=api.auth)
+        assert r.status_code == 429 and int(r.headers["Retry-After"]) > 0
+        assert "full" in r.json()["detail"]
+        api.worker.run_one()  # one leaves the queue: there is room again
+        api.submit()

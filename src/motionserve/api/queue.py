@@ -25,6 +25,7 @@ from motionserve.endpoints.base import Endpoint, Limits
 from motionserve.jobs.models import Job
 from motionserve.jobs.protocols import JobStore
 
+QUEUE_FULL_RETRY_AFTER_S = 10
 DISCONNECT_CHECK_S = 1.0  # how soon a /run caller that hung up gets its job cancelled
 
 router = APIRouter()
@@ -45,6 +46,8 @@ async def _submit(request: Request, raw_id: str, owner: str, settings: Settings,
     app_id, endpoint = resolve_endpoint(request, raw_id)
     payload = await read_json_object(request)
     options = parse_submit_options(request.headers, webhook)
+    if settings.max_queue_length:
+        await _refuse_if_queue_full(store, app_id.endpoint_id, settings.max_queue_length)
     if options.webhook_url is not None:
         await _check_webhook_target(options.webhook_url, settings)
     endpoint.validate(payload, Limits(max_frames=settings.max_frames))
@@ -63,6 +66,14 @@ async def _submit(request: Request, raw_id: str, owner: str, settings: Settings,
         )
     )
     return app_id, job
+
+
+async def _refuse_if_queue_full(store: JobStore, endpoint_id: str, limit: int) -> None:
+    """fal's queue-length cap: a 429 the clients show, with when to try again. (Nodes racing may let
+    a few more in: the cap bounds the queue, it is not an exact count.)"""
+    if await anyio.to_thread.run_sync(store.queue_length, endpoint_id) >= limit:
+        raise ApiError(429, f"The queue of {endpoint_id} is full ({limit} requests waiting); try again later",
+                       error_type="queue_full", headers={"Retry-After": str(QUEUE_FULL_RETRY_AFTER_S)})
 
 
 async def _check_webhook_target(url: str, settings: Settings) -> None:

@@ -251,6 +251,13 @@ class Store(KeysMixin, WebhookQueueMixin, WorkerRegistryMixin):
             ).scalar_one()
         return int(count)
 
+    def queue_length(self, endpoint_id: str) -> int:
+        """How many requests of `endpoint_id` wait in the queue."""
+        with self._read() as conn:
+            return int(conn.execute(
+                select(func.count()).select_from(jobs).where(jobs.c.state == JobState.QUEUED.value, jobs.c.endpoint_id == endpoint_id)
+            ).scalar_one())
+
     def queue_positions(self, job_ids: Collection[str]) -> dict[str, int]:
         """`queue_position` of many jobs in one query: what one node's status streams need after the
         queue moved. Jobs no longer queued are absent from the answer."""
