@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import field_validator
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 MB = 1024 * 1024
@@ -31,6 +31,9 @@ class Settings(BaseSettings):
     presigned_url_ttl_s: int = 3600
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    # "auto": a local CA and server certificate in data_dir/tls, made on first start (motionserve.tls).
+    tls: Literal["off", "auto"] = "off"
+    tls_names: Annotated[tuple[str, ...] | None, NoDecode] = None  # names/addresses for "auto"; None: tls.default_names()
     weights: str = "real"  # "real" | "tiny" | path to a JSON checkpoint map
     devices: Annotated[tuple[str, ...] | None, NoDecode] = None  # None: every CUDA device, else ("cpu",)
     workers_in_process: bool = True  # `serve` runs a worker per device beside the API
@@ -54,8 +57,12 @@ class Settings(BaseSettings):
     memory_budget_gb: float | None = None  # GPU memory for warm pipelines; None: the device's total
     auto_migrate: bool = True  # upgrade the database schema on start
     metrics_port: int | None = None  # `motionserve worker`: serve /metrics on this port
+    # Live previews of running jobs (status `preview: {url, step}`): a cheap latent->RGB image every
+    # this many denoising steps (more often for short schedules), at most two a second.
+    previews: bool = True
+    preview_every_steps: int = Field(5, ge=1)
 
-    @field_validator("devices", mode="before")
+    @field_validator("devices", "tls_names", mode="before")
     @classmethod
     def _split_devices(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -73,6 +80,10 @@ class Settings(BaseSettings):
     @property
     def user_lora_dir(self) -> Path:
         return Path(self.lora_dir) if self.lora_dir else Path(self.data_dir) / "loras"
+
+    @property
+    def tls_dir(self) -> Path:
+        return Path(self.data_dir) / "tls"
 
     @property
     def models_dir(self) -> Path:

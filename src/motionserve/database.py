@@ -72,6 +72,7 @@ jobs = Table(
     Column("changed_at", Double),
     Column("runner_hint", String(200)),  # X-Fal-Runner-Hint: prefer the worker that last ran it
     Column("no_retry", Boolean, nullable=False, default=False),  # X-Fal-No-Retry
+    Column("preview", JSON),  # {"url", "step"}: the latest live preview while it runs
     Index("ix_jobs_queue", "state", "priority", "seq"),
     Index("ix_jobs_changed", "changed_at"),
     Index("ix_jobs_finished", "finished_at"),

@@ -1,7 +1,8 @@
 """A fake RunContext for calling AnimateDiff handlers directly (the HTTP path is tested elsewhere).
 
 Only the service boundary is faked: inputs come from a dict of URL -> bytes or from data: URIs, outputs
-are written to a temporary folder, logs collected in a list, cancellation is a predicate the test sets.
+are written to a temporary folder, logs and previews collected in lists, cancellation is a predicate the
+test sets.
 The models are the real tiny checkpoints in the real ModelManager (tests/conftest.py).
 
 Reproducibility is asserted on the frames a handler hands to `video_io.encode_mp4`, not on MP4 bytes:
@@ -76,6 +77,8 @@ class RecordingContext:
         self.frames: dict[str, np.ndarray] = {}  # output URL -> the frames encoded into it
         self.logs: list[str] = []
         self.cancel_when: Callable[["RecordingContext"], bool] = lambda ctx: False
+        self.previews_on = True
+        self.previews: list[tuple[int, str, bytes]] = []  # (step, content type, image) of every preview published
 
     def add_input(self, url: str, data: bytes) -> str:
         self.inputs[url] = data
@@ -108,6 +111,12 @@ class RecordingContext:
         if frames is not None:
             self.frames[url] = frames
         return File(url=url, content_type=content_type, file_name=file_name, file_size=len(data))
+
+    def preview_due(self, step: int, total_steps: int | None) -> bool:
+        return self.previews_on  # every step: the tests check what a handler hands over
+
+    def preview(self, image: bytes, *, step: int, content_type: str) -> None:
+        self.previews.append((step, content_type, image))
 
     def output_bytes(self, file: File) -> bytes:
         return self.outputs[file.url].read_bytes()

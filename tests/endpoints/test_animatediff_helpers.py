@@ -63,6 +63,9 @@ class _Ctx:
     def is_cancelled(self) -> bool:
         return self.cancel_after is not None and len(self.logs) >= self.cancel_after
 
+    def preview_due(self, step: int, total_steps: int | None) -> bool:
+        return False
+
 
 def test_step_callback_logs_and_passes_tensors_through() -> None:
     ctx = _Ctx()

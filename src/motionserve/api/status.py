@@ -89,6 +89,9 @@ def render_status(
         body["queue_position"] = queue_position
         return body
     body["logs"] = None if logs is None else [render_log(line) for line in logs]
+    if status == "IN_PROGRESS" and job.preview:
+        # Not in fal's schema: its clients ignore fields they do not know; the playground shows it.
+        body["preview"] = {"url": job.preview.get("url"), "step": job.preview.get("step")}
     if status == "COMPLETED":
         body["metrics"] = {"inference_time": job.inference_time} if job.inference_time is not None else {}
         if job.state is not JobState.SUCCEEDED:
@@ -140,8 +143,8 @@ async def status_events(
     with_logs: bool,
     keepalive_s: float = KEEPALIVE_S,
 ) -> AsyncIterator[str]:
-    """SSE `data:` events: one per change (state, queue position, or new log lines), each carrying
-    only the log lines not sent before (the JS client appends them); ends after COMPLETED.
+    """SSE `data:` events: one per change (state, queue position, preview, or new log lines), each
+    carrying only the log lines not sent before (the JS client appends them); ends after COMPLETED.
     The store is read only when the process's change watcher says this job changed; while it is
     queued, `events` keeps its position current for all streams at once. Starlette cancels this
     generator when the client disconnects."""
@@ -163,7 +166,7 @@ async def status_events(
                 changes.watch_queue = job.state is JobState.QUEUED
                 changes.position = await anyio.to_thread.run_sync(store.queue_position, job) if changes.watch_queue else 0
             position = changes.position or 0  # without a read: the queue moved, JobEvents read where we are
-            key = (job.state, position)
+            key = (job.state, position, (job.preview or {}).get("url"))  # a new preview is a new event
             if key != last_key or new_logs or job.is_terminal:
                 last_key = key
                 body = render_status(job, urls, queue_position=position, logs=new_logs)

@@ -7,6 +7,7 @@ process.
 
 from __future__ import annotations
 
+import logging
 import math
 import secrets
 from contextlib import contextmanager
@@ -19,6 +20,9 @@ if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
 
     from motionserve.endpoints.base import RunContext
+    from motionserve.inference.previews import Layout
+
+log = logging.getLogger(__name__)
 
 # The motion modules were trained on at most this many frames (v1-5-2 and AnimateLCM:
 # motion_max_seq_length 32); longer clips need FreeNoise's sliding context windows.
@@ -46,12 +50,14 @@ def make_generator(seed: int | None, device: "str | torch.device") -> tuple["tor
 
 
 def step_callback(
-    ctx: "RunContext", total_steps: int | None = None
+    ctx: "RunContext", total_steps: int | None = None, *, layout: "Layout" = "bcfhw"
 ) -> Callable[["DiffusionPipeline", int, Any, dict[str, Any]], dict[str, Any]]:
-    """A `callback_on_step_end` that logs "step i/n" and stops at the next step once cancelled.
+    """A `callback_on_step_end` that logs "step i/n", stops at the next step once cancelled, and
+    publishes a preview of the latents when the context says one is due.
 
     `total_steps` defaults to the pipeline's own count of denoising steps (for video-to-video this is
-    `int(num_inference_steps * strength)`, not `num_inference_steps`).
+    `int(num_inference_steps * strength)`, not `num_inference_steps`). `layout` says where the frames
+    are in the pipeline's latents (SVD: "bfchw").
     """
 
     def on_step_end(pipe: "DiffusionPipeline", i: int, t: Any, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -59,9 +65,23 @@ def step_callback(
         ctx.log(f"step {i + 1}/{n}")
         if ctx.is_cancelled():
             raise JobCancelledError("request cancelled")
+        latents = callback_kwargs.get("latents")
+        if latents is not None and ctx.preview_due(i + 1, n):
+            _publish_preview(ctx, pipe, latents, i + 1, layout)
         return callback_kwargs
 
     return on_step_end
+
+
+def _publish_preview(ctx: "RunContext", pipe: "DiffusionPipeline", latents: "torch.Tensor", step: int, layout: "Layout") -> None:
+    from motionserve.inference.previews import CONTENT_TYPE, make_preview, scheduler_sigma
+
+    try:
+        image = make_preview(latents, layout=layout, sigma=scheduler_sigma(getattr(pipe, "scheduler", None)))
+    except Exception:  # a preview is a courtesy: it never fails the request
+        log.warning("request %s: could not make a preview of step %d", ctx.request_id, step, exc_info=True)
+        return
+    ctx.preview(image, step=step, content_type=CONTENT_TYPE)
 
 
 def max_motion_frames(pipe: "DiffusionPipeline") -> int:

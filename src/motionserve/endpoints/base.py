@@ -104,6 +104,17 @@ class RunContext(Protocol):
     def save_output(self, data: bytes, *, content_type: str, file_name: str) -> File:
         """Store an output file and return its public `File` (absolute URL, type, size)."""
 
+    def preview_due(self, step: int, total_steps: int | None) -> bool:
+        """Whether to make a preview after denoising step `step` (1-based) of `total_steps`: previews
+        are on, it is one of the steps they are made at, and the last was not published too recently.
+        Cheap; handlers ask it every step and make the image only when it says yes."""
+
+    def preview(self, image: bytes, *, step: int, content_type: str) -> None:
+        """Publish a preview image of the run so far: the status then carries `preview: {url, step}`.
+
+        Never raises and does not wait for the image to be stored: a preview must not slow down or
+        fail the request."""
+
 
 class EndpointInput(BaseModel):
     """Base for inputs: unknown fields are ignored, as fal's endpoints do."""

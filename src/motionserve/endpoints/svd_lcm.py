@@ -156,7 +156,7 @@ def run(inputs: Input, ctx: "RunContext") -> Output:
             decode_chunk_size=DECODE_CHUNK_SIZE,
             generator=generator,
             output_type="np",
-            callback_on_step_end=step_callback(ctx, inputs.steps),
+            callback_on_step_end=step_callback(ctx, inputs.steps, layout="bfchw"),  # SVD: frames before channels
         )
     finally:
         pipe.scheduler.noise_generator = None

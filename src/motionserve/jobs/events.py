@@ -50,6 +50,15 @@ class Log:
 
 
 @dataclass(frozen=True)
+class Preview:
+    """A preview image of the running job is stored at `url` (absolute): its status should show it."""
+
+    job_id: str
+    url: str
+    step: int  # the denoising step it shows, 1-based
+
+
+@dataclass(frozen=True)
 class Done:
     """The handler returned or raised. Exactly one of result / error / cancelled describes how."""
 
@@ -61,4 +70,4 @@ class Done:
     warm: tuple[str, ...] | None = None  # endpoint ids whose pipelines the process now has loaded
 
 
-ChildEvent = Ready | StartupFailed | Log | Done
+ChildEvent = Ready | StartupFailed | Log | Preview | Done

@@ -1,8 +1,8 @@
 """One claimed job on one model process, from hand-over to recorded outcome.
 
 `JobRun.execute` reads in order: hand the job to the model process, then watch it (collect its log
-lines, heartbeat the lease, relay a cancel request, enforce the limits), then record the outcome.
-Every way a run can end is one of the `_end_*` methods at the bottom:
+lines and previews, heartbeat the lease, relay a cancel request, enforce the limits), then record the
+outcome. Every way a run can end is one of the `_end_*` methods at the bottom:
 
 - the handler answered (`Done`): record its result, error or cancellation;
 - the model process died: the job FAILS with 503 runner_disconnected naming the exit code/signal. It
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from motionserve.jobs.child import ChildGone, ModelProcess
-from motionserve.jobs.events import Done, Log
+from motionserve.jobs.events import Done, Log, Preview
 from motionserve.jobs.models import Job, error_dict
 from motionserve.jobs.protocols import WorkerStore
 
@@ -102,6 +102,8 @@ class JobRun:
                 self.pending_logs.append((event.level, event.message, event.timestamp))
                 if len(self.pending_logs) >= LOG_BATCH:
                     self._flush_logs()
+            elif isinstance(event, Preview) and event.job_id == self.job.id:
+                self._record_preview(event)
             elif isinstance(event, Done) and event.job_id == self.job.id:
                 return self._end_done(event)
             elif event is None and not self.child.is_alive():
@@ -148,6 +150,12 @@ class JobRun:
             log.info("request %s: %s; stopping the handler", self.job.id, reason)
             self.child.cancel_event.set()
             self.cancel_sent_at = time.monotonic()
+
+    def _record_preview(self, preview: Preview) -> None:
+        # The model process already keeps previews to two a second; a failed write only loses this one.
+        if not self.lease_lost:
+            shown = {"url": preview.url, "step": preview.step}
+            self._store_call("set_preview", lambda: self.store.set_preview(self.job.id, self.worker_id, shown))
 
     def _flush_logs(self) -> None:
         if self.pending_logs and not self.lease_lost:

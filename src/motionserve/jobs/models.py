@@ -76,6 +76,7 @@ class Job:
     inference_time: float | None
     runner_hint: str | None = None  # X-Fal-Runner-Hint: prefer the worker that last ran this hint
     no_retry: bool = False  # X-Fal-No-Retry: never run again after its worker died
+    preview: dict[str, Any] | None = None  # {"url", "step"}: the latest live preview of a running job
 
     @property
     def is_terminal(self) -> bool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import logging
+import mimetypes
 import multiprocessing as mp
 import os
 import threading
@@ -24,14 +25,83 @@ from typing import Any, Callable
 from motionserve.config import Settings
 from motionserve.endpoints.base import File, Limits
 from motionserve.errors import FetchError, InputValidationError, JobCancelledError, MotionserveError
-from motionserve.jobs.events import Done, Log, Ready, RunJob, Shutdown, StartupFailed
+from motionserve.jobs.events import ChildEvent, Done, Log, Preview, Ready, RunJob, Shutdown, StartupFailed
 from motionserve.jobs.models import Job, error_dict
 from motionserve.storage import FileStore, open_file_store
 
 DEFAULT_REGISTRY = "motionserve.endpoints.registry"
 INTERNAL_ERROR = error_dict(500, "Internal Server Error", "internal_error")
+# At most this often per job: a status stream shows no more, and each costs a stored file and a write.
+PREVIEW_MIN_INTERVAL_S = 0.5
+# Previews matter while their job runs; an hour covers long runs and whoever looks a little later.
+PREVIEW_RETENTION_S = 3600
 
 log = logging.getLogger(__name__)
+
+
+class Sender:
+    """The model process's end of the pipe, shared by the handler's thread and the preview thread:
+    a `Connection` must not be written by two threads at once."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+        self._lock = threading.Lock()
+
+    def send(self, event: ChildEvent) -> None:
+        with self._lock:
+            self._conn.send(event)
+
+
+class PreviewPublisher:
+    """Stores preview images and tells the supervisor, on a thread of its own, so that the denoising
+    loop never waits for the file store (a PUT to a bucket takes tens of milliseconds).
+
+    It holds one image: one handed over while another is being stored replaces any still waiting
+    (only the newest is worth showing). A failure is logged and forgotten: previews never fail a job.
+    """
+
+    def __init__(self, files: FileStore, sender: Sender) -> None:
+        self._files, self._sender = files, sender
+        self._pending: tuple[Job, bytes, int, str] | None = None
+        self._wake = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def submit(self, job: Job, image: bytes, step: int, content_type: str) -> None:
+        with self._wake:
+            self._pending = (job, image, step, content_type)
+            self._wake.notify()
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="previews", daemon=True)
+                self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                while self._pending is None:
+                    self._wake.wait()
+                pending, self._pending = self._pending, None
+            self._publish(*pending)
+
+    def _publish(self, job: Job, image: bytes, step: int, content_type: str) -> None:
+        try:
+            stored = self._files.put(
+                image,
+                content_type=content_type,
+                file_name="preview" + (mimetypes.guess_extension(content_type) or ""),
+                expires_at=time.time() + PREVIEW_RETENTION_S,
+                kind="preview",
+            )
+            self._sender.send(Preview(job.id, self._files.file_url(job.base_url, stored), step))
+        except Exception:
+            log.warning("request %s: could not publish the preview of step %d", job.id, step, exc_info=True)
+
+
+def preview_step(step: int, total_steps: int | None, every: int) -> bool:
+    """Whether denoising step `step` (1-based) is one previews are made at: every `every` steps, or,
+    for short schedules (few-step LCM samplers), every `total_steps // 2` so that they get some too."""
+    if total_steps:
+        every = min(every, total_steps // 2)
+    return step % max(1, every) == 0
 
 
 class JobContext:
@@ -41,19 +111,22 @@ class JobContext:
         self,
         job: Job,
         settings: Settings,
-        conn: Connection,
+        sender: Sender,
         cancel_event: Event,
         models: Callable[[], Any],
         files: FileStore,
+        previews: PreviewPublisher,
     ) -> None:
         self.request_id = job.id
         self.limits = Limits(max_frames=settings.max_frames)
         self._job = job
         self._settings = settings
-        self._conn = conn
+        self._sender = sender
         self._cancel_event = cancel_event
         self._models = models
         self._files = files
+        self._previews = previews
+        self._last_preview = -float("inf")  # time.monotonic() of the last preview handed over
 
     @property
     def models(self) -> Any:
@@ -61,7 +134,7 @@ class JobContext:
         return self._models()
 
     def log(self, message: str, level: str = "INFO") -> None:
-        self._conn.send(Log(self._job.id, level.upper(), str(message), time.time()))
+        self._sender.send(Log(self._job.id, level.upper(), str(message), time.time()))
 
     def is_cancelled(self) -> bool:
         return self._cancel_event.is_set()
@@ -98,6 +171,20 @@ class JobContext:
             file_name=stored.file_name,
             file_size=stored.size,
         )
+
+    def preview_due(self, step: int, total_steps: int | None) -> bool:
+        return (
+            self._settings.previews
+            and preview_step(step, total_steps, self._settings.preview_every_steps)
+            and time.monotonic() - self._last_preview >= PREVIEW_MIN_INTERVAL_S
+        )
+
+    def preview(self, image: bytes, *, step: int, content_type: str) -> None:
+        now = time.monotonic()
+        if not self._settings.previews or now - self._last_preview < PREVIEW_MIN_INTERVAL_S:
+            return  # dropped here, before it costs a stored file and a store write
+        self._last_preview = now
+        self._previews.submit(self._job, image, step, content_type)
 
 
 class _Models:
@@ -165,7 +252,9 @@ def child_main(
     except BaseException:
         conn.send(StartupFailed(traceback.format_exc()))
         raise SystemExit(1)
-    conn.send(Ready(os.getpid()))
+    sender = Sender(conn)
+    previews = PreviewPublisher(files, sender)
+    sender.send(Ready(os.getpid()))
     while True:
         try:
             message = conn.recv()
@@ -174,9 +263,9 @@ def child_main(
         if isinstance(message, Shutdown):
             return
         if isinstance(message, RunJob):
-            ctx = JobContext(message.job, settings, conn, cancel_event, models, files)
+            ctx = JobContext(message.job, settings, sender, cancel_event, models, files, previews)
             try:
                 done = run_job(message.job, registry, ctx)
-                conn.send(dataclasses.replace(done, warm=models.warm_endpoints()))
+                sender.send(dataclasses.replace(done, warm=models.warm_endpoints()))
             except (BrokenPipeError, EOFError, OSError):
                 return

@@ -337,6 +337,7 @@ class Store(KeysMixin, WebhookQueueMixin, WorkerRegistryMixin):
                         "lease_expires_at": now + lease_s,
                         "attempts": jobs.c.attempts + 1,
                         "started_at": now,
+                        "preview": None,  # a previous attempt's preview is not this run's
                     },
                     with_input=True,
                 )
@@ -394,6 +395,19 @@ class Store(KeysMixin, WebhookQueueMixin, WorkerRegistryMixin):
                 rows.append({"job_id": job_id, "seq": last + offset, "timestamp": timestamp, "level": level, "message": message})
             conn.execute(insert(job_logs), rows)
             self._notify(conn, ChangeKind.LOGS, job_id)
+
+    def set_preview(self, job_id: str, worker_id: str, preview: dict[str, Any]) -> bool:
+        """Show `preview` (`{"url", "step"}`) in the status of a running job this worker holds; False
+        if it no longer does. A `state` change, so that status streams send it at once."""
+        with self._write() as conn:
+            updated = conn.execute(
+                update(jobs)
+                .where(jobs.c.id == job_id, jobs.c.state == JobState.RUNNING.value, jobs.c.worker_id == worker_id)
+                .values(preview=preview, changed_at=self._now_sql())
+            ).rowcount
+            if updated:
+                self._notify(conn, ChangeKind.STATE, job_id)
+        return bool(updated)
 
     def finish(
         self,
@@ -575,4 +589,5 @@ def row_to_job(row: Any) -> Job:
         inference_time=m["inference_time"],
         runner_hint=m["runner_hint"],
         no_retry=bool(m["no_retry"]),
+        preview=m.get("preview"),
     )

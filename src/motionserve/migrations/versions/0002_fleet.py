@@ -1,5 +1,5 @@
-"""The multi-machine release: change tracking and claim hints on jobs, key roles, shared secrets,
-the file catalog, uploads in progress and the worker registry.
+"""The multi-machine release: change tracking, claim hints and live previews on jobs, key roles,
+shared secrets, the file catalog, uploads in progress and the worker registry.
 
 Not released yet: until it is, a column added to `motionserve.database` goes here too (the
 migration test fails until it does). After the release, changes go in a new revision.
@@ -32,6 +32,7 @@ def upgrade() -> None:
     op.add_column("jobs", sa.Column("changed_at", sa.Double))
     op.add_column("jobs", sa.Column("runner_hint", sa.String(200)))
     op.add_column("jobs", sa.Column("no_retry", sa.Boolean, nullable=False, server_default=sa.false()))
+    op.add_column("jobs", sa.Column("preview", sa.JSON))
     op.create_index("ix_jobs_changed", "jobs", ["changed_at"])
     op.create_index("ix_jobs_finished", "jobs", ["finished_at"])
 
@@ -95,5 +96,5 @@ def downgrade() -> None:
     op.drop_index("ix_jobs_finished", table_name="jobs")
     op.drop_index("ix_jobs_changed", table_name="jobs")
     with op.batch_alter_table("jobs") as batch:
-        for column in ("no_retry", "runner_hint", "changed_at"):
+        for column in ("preview", "no_retry", "runner_hint", "changed_at"):
             batch.drop_column(column)
