@@ -76,6 +76,7 @@ jobs = Table(
     Index("ix_jobs_queue", "state", "priority", "seq"),
     Index("ix_jobs_changed", "changed_at"),
     Index("ix_jobs_finished", "finished_at"),
+    Index("ix_jobs_owner", "owner", "seq"),  # a key's history (GET /requests), newest first
 )
 
 job_logs = Table(

@@ -347,3 +347,18 @@ def test_only_one_node_creates_the_first_admin_key(store: Store, db_url: str) ->
     (key,) = store.list_keys()
     assert key.admin and key.key_id == first[0]
     other_node.close()
+
+
+def test_list_jobs_is_one_owners_newest_first_with_inputs(store: Store) -> None:
+    first = submit(store, input={"prompt": "one"})
+    other = submit(store, owner="bob")
+    second = submit(store, endpoint_id="fal-ai/fast-svd-lcm", input={"image_url": "https://x/y.png"})
+    third = submit(store, input={"prompt": "three"})
+    store.request_cancel(third.id)
+    listed = store.list_jobs("alice", limit=10)
+    assert [j.id for j in listed] == [third.id, second.id, first.id]
+    assert listed[0].state is JobState.CANCELLED and listed[2].input == {"prompt": "one"}
+    assert [j.id for j in store.list_jobs("alice", limit=2)] == [third.id, second.id]
+    assert [j.id for j in store.list_jobs("alice", limit=10, endpoint_id="fal-ai/fast-svd-lcm")] == [second.id]
+    assert [j.id for j in store.list_jobs("bob", limit=10)] == [other.id]
+    assert store.list_jobs("carol", limit=10) == []

@@ -281,6 +281,16 @@ class Store(KeysMixin, WebhookQueueMixin, WorkerRegistryMixin):
             ).all()
         return [LogLine(seq=r.seq, timestamp=r.timestamp, level=r.level, message=r.message) for r in rows]
 
+    def list_jobs(self, owner: str, *, limit: int, endpoint_id: str | None = None) -> list[Job]:
+        """`owner`'s most recent jobs, newest first, with their input (for the playground's history,
+        which re-runs them): at most `limit`, of `endpoint_id` only when given."""
+        query = select(*jobs.c).where(jobs.c.owner == owner)
+        if endpoint_id is not None:
+            query = query.where(jobs.c.endpoint_id == endpoint_id)
+        with self._read() as conn:
+            rows = conn.execute(query.order_by(jobs.c.seq.desc()).limit(limit)).all()
+        return [row_to_job(r) for r in rows]
+
     def request_cancel(self, job_id: str) -> CancelOutcome | None:
         """Cancel a queued job now, or flag a running one for its worker; None if there is no such job."""
         with self._write() as conn:

@@ -1,5 +1,5 @@
-"""The multi-machine release: change tracking, claim hints and live previews on jobs, key roles,
-shared secrets, the file catalog, uploads in progress and the worker registry.
+"""The multi-machine release: change tracking, claim hints, live previews and a per-owner history
+index on jobs, key roles, shared secrets, the file catalog, uploads in progress and the worker registry.
 
 Not released yet: until it is, a column added to `motionserve.database` goes here too (the
 migration test fails until it does). After the release, changes go in a new revision.
@@ -35,6 +35,7 @@ def upgrade() -> None:
     op.add_column("jobs", sa.Column("preview", sa.JSON))
     op.create_index("ix_jobs_changed", "jobs", ["changed_at"])
     op.create_index("ix_jobs_finished", "jobs", ["finished_at"])
+    op.create_index("ix_jobs_owner", "jobs", ["owner", "seq"])
 
     op.add_column("api_keys", sa.Column("role", sa.String(16), nullable=False, server_default="user"))
     keys = sa.table("api_keys", sa.column("owner"), sa.column("label"), sa.column("role"))
@@ -93,6 +94,7 @@ def downgrade() -> None:
     # foreign keys off, so recreating `jobs` does not cascade into job_logs and webhooks.
     with op.batch_alter_table("api_keys") as batch:
         batch.drop_column("role")
+    op.drop_index("ix_jobs_owner", table_name="jobs")
     op.drop_index("ix_jobs_finished", table_name="jobs")
     op.drop_index("ix_jobs_changed", table_name="jobs")
     with op.batch_alter_table("jobs") as batch:
