@@ -37,12 +37,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING...")
     sub = parser.add_subparsers(dest="command", required=True)
 
+    # `run` parses its own flags, which come from the endpoint's input schema (client_cli.py).
+    run = sub.add_parser("run", add_help=False, help="run one request on an endpoint, here or on any fal-compatible "
+                         "server (`motionserve run ENDPOINT_ID --help`)")
+    run.add_argument("run_args", nargs=argparse.REMAINDER)
+
     serve = sub.add_parser("serve", help="run the API server (and, by default, workers)")
     serve.add_argument("--host", help="bind address (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default 8000)")
     _store_flags(serve)
     serve.add_argument("--tls-cert", help="PEM certificate (chain): serve HTTPS")
     serve.add_argument("--tls-key", help="PEM private key for --tls-cert")
+    serve.add_argument("--tls", choices=("off", "auto"), help="auto: HTTPS with a local CA made in <data-dir>/tls on first start")
+    serve.add_argument("--tls-names", help="with --tls auto: names/addresses in the certificate, comma-separated "
+                       "(default: localhost,127.0.0.1,::1,<hostname>)")
     _worker_flags(serve)
     serve.add_argument("--no-workers", action="store_true", default=None, help="API only; run `motionserve worker` separately")
     serve.add_argument("--public-url", help="base URL clients use for file URLs, e.g. behind a proxy")
@@ -74,16 +82,24 @@ def build_parser() -> argparse.ArgumentParser:
     _store_flags(downgrade)
 
     models = sub.add_parser("models", help="manage model weights").add_subparsers(dest="models_command", required=True)
-    pull = models.add_parser("pull", help="download every checkpoint the configured weights need")
+    pull = models.add_parser("pull", help="check access to, then download, the checkpoints the configured weights need")
     pull.add_argument("--weights", help="'real' or a JSON checkpoint map")
     pull.add_argument("--data-dir", help="data directory (models are cached under it)")
+    pull.add_argument("--endpoint", action="append", metavar="ENDPOINT_ID", help="only what this endpoint needs (repeatable)")
+
+    tls = sub.add_parser("tls", help="the local certificate authority of --tls auto").add_subparsers(dest="tls_command", required=True)
+    tls_init = tls.add_parser("init", help="make (or renew) the local CA and server certificate in <data-dir>/tls; print client settings")
+    tls_init.add_argument("--data-dir", help="data directory (MOTIONSERVE_DATA_DIR; default ./data)")
+    tls_init.add_argument("--names", dest="tls_names", help="names/addresses, comma-separated (default: localhost,127.0.0.1,::1,<hostname>)")
+    tls_init.add_argument("--host", help="the address `serve` will bind (for the printed client settings)")
+    tls_init.add_argument("--port", type=int, help="the port `serve` will use (for the printed client settings)")
     return parser
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
     """Settings from the environment with the flags that were given on top."""
     overrides: dict[str, Any] = {}
-    for name in ("host", "port", "data_dir", "database_url", "storage_url", "tls_cert", "tls_key", "weights",
+    for name in ("host", "port", "data_dir", "database_url", "storage_url", "tls_cert", "tls_key", "tls", "tls_names", "weights",
                  "public_url", "allow_private_urls", "max_frames", "metrics_port"):
         value = getattr(args, name, None)
         if value is not None:
@@ -145,8 +161,52 @@ def _db(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _models(args: argparse.Namespace, settings: Settings) -> int:
+    """`models pull`: every repository checked first (one line per problem), then the downloads."""
+    from motionserve.endpoints.registry import ENDPOINTS
+    from motionserve.errors import ModelUnavailableError
+    from motionserve.inference.weights import HubAccessError, pull
+
+    groups: set[str] | None = None
+    if args.endpoint:
+        unknown = [e for e in args.endpoint if e not in ENDPOINTS]
+        if unknown:
+            print(f"motionserve: unknown endpoint {', '.join(unknown)}; known: {', '.join(ENDPOINTS)}", file=sys.stderr)
+            return 2
+        groups = {g for e in args.endpoint if (g := ENDPOINTS[e].pipeline_group) is not None}
+    try:
+        pull(settings, groups=groups)
+    except HubAccessError as exc:
+        for problem in exc.problems:
+            print(f"motionserve: {problem}", file=sys.stderr)
+        print("motionserve: nothing was downloaded", file=sys.stderr)
+        return 1
+    except ModelUnavailableError as exc:
+        print(f"motionserve: {exc.message}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _tls(settings: Settings) -> int:
+    from motionserve.api.server import print_client_lines, use_local_tls
+
+    print_client_lines(settings, use_local_tls(settings))
+    return 0
+
+
+def _run(argv: Sequence[str]) -> int:
+    from motionserve.client_cli import main as run_main
+
+    return run_main(argv)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["run"]:  # before argparse: the client's options may come before ENDPOINT_ID
+        return _run(argv[1:])
     args = build_parser().parse_args(argv)
+    if args.command == "run":
+        return _run(args.run_args)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
         settings = settings_from_args(args)
@@ -168,9 +228,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif args.command == "db":
         return _db(args, settings)
     elif args.command == "models":
-        from motionserve.inference.weights import pull
-
-        pull(settings)
+        return _models(args, settings)
+    elif args.command == "tls":
+        return _tls(settings)
     return 0
 
 

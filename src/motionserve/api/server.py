@@ -15,7 +15,7 @@ import signal
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from motionserve.config import Settings
 from motionserve.jobs.changes import ChangeWatcher
@@ -23,6 +23,9 @@ from motionserve.jobs.store import Store
 from motionserve.jobs.upkeep import Upkeep
 from motionserve import storage
 from motionserve.storage import FileStore, StorageConfigError
+
+if TYPE_CHECKING:
+    from motionserve.tls import LocalTls
 
 log = logging.getLogger("motionserve")
 
@@ -82,6 +85,31 @@ def ensure_admin_key(store: Store, data_dir: Path) -> Path | None:
     os.chmod(path, 0o600)
     log.info("No API keys yet: created one for owner 'admin'; it is in %s (FAL_KEY=<its content>)", path)
     return path
+
+
+def use_local_tls(settings: Settings) -> "LocalTls":
+    """`--tls auto`: the local CA and server certificate in `<data-dir>/tls`, made or renewed as needed."""
+    from motionserve.tls import TlsSetupError, ensure_local_tls
+
+    if settings.tls_cert or settings.tls_key:
+        raise SystemExit("motionserve: --tls auto makes its own certificate; leave out --tls-cert/--tls-key (or --tls auto)")
+    try:
+        local = ensure_local_tls(settings.tls_dir, settings.tls_names)
+    except TlsSetupError as exc:
+        raise SystemExit(f"motionserve: {exc}") from None
+    if local.created_ca:
+        log.info("created a local certificate authority in %s (clients trust ca.pem)", local.directory)
+    if local.issued_server:
+        log.info("issued a server certificate for %s (%s)", ", ".join(local.names), local.issued_server)
+    return local
+
+
+def print_client_lines(settings: Settings, local: "LocalTls") -> None:
+    """What a client shell needs, on stdout: the operator's terminal. The key itself stays in its file."""
+    from motionserve.tls import client_host, client_lines
+
+    host_port = client_host(settings.host, settings.port, local.names)
+    print("\n".join(client_lines(local, host_port, Path(settings.data_dir) / ADMIN_KEY_FILE)), flush=True)
 
 
 @dataclass
@@ -153,6 +181,9 @@ def serve(settings: Settings) -> None:
 
     if bool(settings.tls_cert) != bool(settings.tls_key):
         raise SystemExit("--tls-cert and --tls-key go together")
+    local_tls = use_local_tls(settings) if settings.tls == "auto" else None
+    if local_tls is not None:
+        settings = settings.model_copy(update={"tls_cert": local_tls.server_cert, "tls_key": local_tls.server_key})
     store = open_store(settings)
     ensure_admin_key(store, Path(settings.data_dir))
     file_store = open_file_store(settings)
@@ -174,6 +205,8 @@ def serve(settings: Settings) -> None:
     )
     scheme = "https" if settings.tls_cert else "http"
     log.info("motionserve on %s://%s:%d (data in %s)", scheme, settings.host, settings.port, Path(settings.data_dir).resolve())
+    if local_tls is not None:
+        print_client_lines(settings, local_tls)
     _absorb_reraised_signals()
     services.start()
     try:

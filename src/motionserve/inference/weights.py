@@ -12,7 +12,9 @@ The checkpoint map is configuration (`Settings.weights`):
 
 Repo ids are resolved through huggingface_hub: the local HF cache first (no network), then a download
 unless ``HF_HUB_OFFLINE=1``. A checkpoint that cannot be had raises `ModelUnavailableError` naming it and
-saying how to get it. `pull(settings)` (``motionserve models pull``) fetches every entry ahead of time.
+saying how to get it. `pull(settings)` (``motionserve models pull``) fetches the entries ahead of time,
+after checking that the hub lets this machine read every repository (SVD-XT 1.1 is gated: its licence
+must be accepted on the hub and a token given).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal
+from typing import Any, Callable, Collection, Iterator, Literal
 
 from motionserve.config import Settings
 from motionserve.errors import ModelUnavailableError
@@ -50,9 +52,28 @@ DEFAULT_MAP: dict[str, Any] = {
     "svd_lcm_unet": {"source": "wangfuyun/AnimateLCM-SVD-xt", "file": "AnimateLCM-SVD-xt-1.1.safetensors"},
 }
 
-# Only what diffusers loads: configs, tokenizers and full-precision safetensors. Without these patterns a
-# snapshot of e.g. wangfuyun/AnimateLCM would also pull several GB of unrelated .ckpt files.
-_PIPELINE_PATTERNS = ["*.json", "*.txt", "*diffusion_pytorch_model.safetensors", "*/model.safetensors"]
+# The checkpoints each `ModelManager` pipeline group loads (the endpoints' `pipeline_group`), so that
+# `models pull --endpoint ...` fetches only those. "motion_lora:*" stands for every motion LoRA.
+GROUP_CHECKPOINTS: dict[str, tuple[str, ...]] = {
+    "animatediff": ("sd15_base", "motion_adapter", "motion_lora:*"),
+    "turbo": ("sd15_base", "animatelcm_adapter", "animatelcm_lora"),
+    "svd_lcm": ("svd_base", "svd_lcm_unet"),
+}
+
+# Only the files the loaders read. A pipeline repo is model_index.json plus a folder per component; the
+# AnimateDiff and SVD pipelines load these components (diffusers skips the others model_index.json
+# names, e.g. SD's 1.2 GB safety_checker), in full precision safetensors (not .ckpt/.bin copies, not
+# fp16/ema variants, not the single-file checkpoints some repos keep at their root).
+_PIPELINE_PATTERNS = [
+    "model_index.json",
+    "scheduler/scheduler_config.json",
+    "tokenizer/*.json", "tokenizer/*.txt",
+    "feature_extractor/preprocessor_config.json",
+    "unet/config.json", "unet/diffusion_pytorch_model.safetensors",
+    "vae/config.json", "vae/diffusion_pytorch_model.safetensors",
+    "text_encoder/config.json", "text_encoder/model.safetensors",
+    "image_encoder/config.json", "image_encoder/model.safetensors",
+]
 _MODEL_PATTERNS = ["config.json", "diffusion_pytorch_model.safetensors"]
 # LoRA repos (motion LoRAs) hold one weights file whose name varies.
 _LORA_PATTERNS = ["*.json", "*.safetensors"]
@@ -213,11 +234,7 @@ def _from_hub(ckpt: Checkpoint, *, cache_dir: Path | None, download: bool | None
         patterns = _PIPELINE_PATTERNS if ckpt.kind == "pipeline" else _MODEL_PATTERNS
         if ckpt.name.startswith("motion_lora:"):
             patterns = _LORA_PATTERNS
-        folder = snapshot_download(
-            ckpt.source, cache_dir=cache_dir, allow_patterns=patterns, local_files_only=local_only,
-            ignore_patterns=["safety_checker/*"],  # SD repos ship one; AnimateDiff does not use it (1.2 GB)
-        )
-        return Path(folder)
+        return Path(snapshot_download(ckpt.source, cache_dir=cache_dir, allow_patterns=patterns, local_files_only=local_only))
 
     # The cache first: no network round trip for checkpoints that are already here.
     try:
@@ -333,11 +350,78 @@ def _check_hub_lora_size(repo: str, file: str | None, max_bytes: int) -> None:
         raise LoraSourceError(f"LoRA {repo} is {size / 1e6:.0f} MB, over this server's limit of {max_bytes / 1e6:.0f} MB")
 
 
-def pull(settings: Settings, log: Callable[[str], None] = print) -> dict[str, Path]:
-    """Fetch every checkpoint of the configured map into the local cache (``motionserve models pull``)."""
+class HubAccessError(Exception):
+    """Some repositories cannot be read from here; `problems` holds one line each, saying what to do."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+def needed(checkpoints: Checkpoints, groups: Collection[str] | None = None) -> list[Checkpoint]:
+    """The entries the given pipeline groups load (all of them for None), in map order."""
+    if groups is None:
+        return list(checkpoints)
+    unknown = set(groups) - set(GROUP_CHECKPOINTS)
+    if unknown:
+        raise ValueError(f"unknown pipeline group(s) {sorted(unknown)}; known: {sorted(GROUP_CHECKPOINTS)}")
+    names = {n for g in groups for n in GROUP_CHECKPOINTS[g]}
+    return [c for c in checkpoints if c.name in names or ("motion_lora:*" in names and c.name.startswith("motion_lora:"))]
+
+
+def check_access(entries: Collection[Checkpoint]) -> list[str]:
+    """One line per hub repository of `entries` this machine may not read, saying what to do; [] if all may.
+
+    Asks the hub's auth-check API (no file is downloaded). A hub that cannot be reached is one line.
+    """
+    from huggingface_hub import HfApi, constants, get_token
+    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, OfflineModeIsEnabled, RepositoryNotFoundError
+
+    repos = list(dict.fromkeys(c.source for c in entries if not c.is_local))
+    if repos and hub_offline():
+        return ["HF_HUB_OFFLINE is set: `models pull` downloads from the Hugging Face hub; unset it"]
+    api, token = HfApi(), get_token()
+    problems: list[str] = []
+    for repo in repos:
+        try:
+            api.auth_check(repo)
+        except GatedRepoError:
+            problems.append(_gated_advice(repo, constants.ENDPOINT, has_token=token is not None))
+        except RepositoryNotFoundError:
+            # The hub answers so for a private repo too, when the token (if any) may not read it.
+            problems.append(f"{repo}: not found on the hub (or private to others): check the weights map (--weights)")
+        except HfHubHTTPError as exc:
+            status = exc.response.status_code if exc.response is not None else None
+            if status == 401:
+                problems.append(f"{repo}: the hub refused the token (HTTP 401): set a valid HF_TOKEN or run `hf auth login`")
+            else:
+                problems.append(f"{repo}: the hub answered HTTP {status}: {str(exc).splitlines()[0]}")
+        except (*_hub_transport_errors(), OfflineModeIsEnabled, OSError) as exc:
+            problems.append(f"cannot reach the Hugging Face hub at {constants.ENDPOINT} ({type(exc).__name__}: {exc}); check the network or HF_ENDPOINT")
+            break  # every other repository would say the same
+    return problems
+
+
+def _gated_advice(repo: str, endpoint: str, *, has_token: bool) -> str:
+    page = f"{endpoint}/{repo}"
+    if has_token:
+        return f"{repo}: gated, and the account of your token has not been granted access: accept the licence at {page} with that account"
+    return f"{repo}: gated: accept the licence at {page}, then set HF_TOKEN or run `hf auth login`"
+
+
+def pull(settings: Settings, log: Callable[[str], None] = print, *, groups: Collection[str] | None = None) -> dict[str, Path]:
+    """Fetch the checkpoints the pipeline `groups` load (all for None) into the local cache (``models pull``).
+
+    Every hub repository is checked first; raises HubAccessError, having downloaded nothing, when any
+    cannot be read.
+    """
     checkpoints = checkpoints_for(settings)
+    entries = needed(checkpoints, groups)
+    problems = check_access(entries)
+    if problems:
+        raise HubAccessError(problems)
     paths: dict[str, Path] = {}
-    for ckpt in checkpoints:
+    for ckpt in entries:
         log(f"{ckpt.name}: {ckpt.describe()} ...")
         paths[ckpt.name] = resolve(ckpt, cache_dir=checkpoints.cache_dir, download=True)
         log(f"{ckpt.name}: {paths[ckpt.name]}")
