@@ -2,7 +2,7 @@
 
 TEST HOOK ONLY: WorkerSupervisor(registry_module="jobs_fake_registry"). Small endpoints that
 exercise what the supervisor must handle (logs, cooperative and stubborn cancellation, errors,
-output files) without torch.
+output files, previews) without torch.
 """
 
 from __future__ import annotations
@@ -60,6 +60,18 @@ def read(inputs: EchoInput, ctx: RunContext) -> EchoOutput:
     return EchoOutput(echo=data.decode(), pid=os.getpid(), models_built=MODEL_MANAGERS_CREATED)
 
 
+def preview(inputs: EchoInput, ctx: RunContext) -> EchoOutput:
+    """Publishes `"<message> <step>"` as a preview at each step the context says one is due, as the
+    real handlers' step callback does, waiting `step_s` after each step (the last one's too, so that
+    its preview has time to be stored)."""
+    for i in range(inputs.steps):
+        ctx.raise_if_cancelled()
+        if ctx.preview_due(i + 1, inputs.steps):
+            ctx.preview(f"{inputs.message} {i + 1}".encode(), step=i + 1, content_type="image/webp")
+        time.sleep(inputs.step_s)
+    return EchoOutput(echo=inputs.message, pid=os.getpid(), models_built=MODEL_MANAGERS_CREATED)
+
+
 class SaveOutput(BaseModel):
     video: File
 
@@ -76,6 +88,7 @@ def _endpoint(name: str, run: Any, output: type[BaseModel] = EchoOutput) -> Endp
 ENDPOINTS = {e.endpoint_id: e for e in (
     _endpoint("echo", echo), _endpoint("stubborn", stubborn), _endpoint("broken", broken),
     _endpoint("unavailable", unavailable), _endpoint("save", save, SaveOutput), _endpoint("read", read),
+    _endpoint("preview", preview),
 )}
 
 

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 from motionserve.errors import MotionserveError
 
-FileKind = Literal["upload", "output"]
+FileKind = Literal["upload", "output", "preview"]  # preview: a live preview image of a running job
 
 _TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 _UNSAFE_NAME_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
