@@ -29,6 +29,7 @@ SVD_LCM = "wangfuyun/AnimateLCM-SVD-xt"
 ANIMATEDIFF_REPOS = {"emilianJR/epiCRealism", "guoyww/animatediff-motion-adapter-v1-5-2",
                      *(f"guoyww/animatediff-motion-lora-{m}" for m in MOTIONS)}
 AUTH_CHECK = re.compile(r"^/api/models/(?P<repo>[^/]+/[^/]+)/auth-check$")
+ANY_REPO_PATH = re.compile(r"^(?:/api/models)?/(?P<repo>[^/]+/[^/]+)/")
 
 
 class StandInHub:
@@ -44,10 +45,10 @@ class StandInHub:
             def do_GET(self) -> None:  # noqa: N802 (http.server naming)
                 auth = self.headers.get("Authorization")
                 hub.requests.append(("GET", self.path, auth))
-                match = AUTH_CHECK.match(self.path)
-                if match is None:  # anything else would be the start of a download
-                    return self._answer(500, {"error": "the stand-in serves no files"})
-                answer = hub.answers.get(match["repo"], "ok")
+                match = AUTH_CHECK.match(self.path) or ANY_REPO_PATH.match(self.path)
+                answer = hub.answers.get(match["repo"], "ok") if match else "ok"
+                if (match is None or match.re is not AUTH_CHECK) and answer != "gated":
+                    return self._answer(500, {"error": "the stand-in serves no files"})  # the start of a download
                 repo = match["repo"]
                 if answer == "ok":
                     return self._answer(200, {})
@@ -262,3 +263,21 @@ def test_the_pipeline_patterns_fetch_what_the_loaders_read_and_nothing_else(tmp_
     map_path.write_text(json.dumps(weights))
     models = ModelManager(str(map_path), tmp_path / "models", "cpu")
     assert models.text_to_video() is not None and models.turbo() is not None and models.svd_lcm() is not None
+
+
+def test_a_request_that_needs_a_gated_checkpoint_says_which_licence(tmp_path: Path, hub: StandInHub, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without `models pull`, the server fetches on first use: a gated repo is a 503 that says what to do."""
+    from motionserve.errors import ModelUnavailableError
+    from motionserve.inference.weights import Checkpoints
+
+    hub.answers[SVD] = "gated"
+    monkeypatch.setattr("huggingface_hub.constants.ENDPOINT", hub.url)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    monkeypatch.setattr("huggingface_hub.get_token", lambda: None)
+    checkpoints = Checkpoints.from_map({"svd_base": SVD}, cache_dir=tmp_path / "cache")
+    with pytest.raises(ModelUnavailableError) as caught:
+        checkpoints.path("svd_base", download=True)
+    assert caught.value.message == (
+        f"checkpoint 'svd_base': {SVD}: gated: accept the licence at {hub.url}/{SVD}, then set HF_TOKEN or run `hf auth login`"
+    )

@@ -223,7 +223,7 @@ def resolve(ckpt: Checkpoint, *, cache_dir: Path | None = None, download: bool |
 
 def _from_hub(ckpt: Checkpoint, *, cache_dir: Path | None, download: bool | None) -> Path:
     from huggingface_hub import hf_hub_download, snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, HFValidationError, LocalEntryNotFoundError
+    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, HFValidationError, LocalEntryNotFoundError
 
     if download is None:
         download = not hub_offline()
@@ -246,6 +246,11 @@ def _from_hub(ckpt: Checkpoint, *, cache_dir: Path | None, download: bool | None
         raise ModelUnavailableError(f"checkpoint {ckpt.name!r}: {ckpt.source!r} is neither a local path nor a repo id") from exc
     try:
         return fetch(local_only=False)
+    except GatedRepoError as exc:
+        from huggingface_hub import constants, get_token
+
+        advice = _gated_advice(ckpt.source, constants.ENDPOINT, has_token=get_token() is not None)
+        raise ModelUnavailableError(f"checkpoint {ckpt.name!r}: {advice}") from exc
     except (HfHubHTTPError, OSError, ValueError) as exc:
         raise ModelUnavailableError(f"{_how_to_get(ckpt)} (download failed: {exc})") from exc
 
