@@ -269,7 +269,7 @@ def _field_error(entry: Any) -> str:
     field = ".".join(str(p) for p in entry.get("loc", []) if p != "body")
     text = f"{field}: {entry.get('msg')}" if field else str(entry.get("msg"))
     given = entry.get("input")
-    if "input" in entry and not isinstance(given, (dict, list)) and str(given) not in text:
+    if "input" in entry and not isinstance(given, (dict, list)) and f"got {given}" not in text:
         text += f" (got {json.dumps(given)})"
     return text
 
