@@ -114,22 +114,21 @@ def _serve_once(files: LocalTls, family: int, address: str) -> tuple[int, thread
     context.load_cert_chain(files.server_cert, files.server_key)
     listener = socket.socket(family, socket.SOCK_STREAM)
     listener.bind((address, 0))
-    listener.listen(4)
+    listener.listen(1)
     port = listener.getsockname()[1]
 
     def accept() -> None:
         with listener:
             listener.settimeout(10)
-            for _ in range(2):
-                try:
-                    conn, _ = listener.accept()
-                except OSError:
-                    return
-                try:
-                    with context.wrap_socket(conn, server_side=True) as tls:
-                        tls.sendall(b"ok")
-                except (ssl.SSLError, OSError):
-                    pass  # the client refused the certificate: that is the client's side of the test
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            try:
+                with context.wrap_socket(conn, server_side=True) as tls:
+                    tls.sendall(b"ok")
+            except (ssl.SSLError, OSError):
+                pass  # the client refused the certificate: that is the client's side of the test
 
     thread = threading.Thread(target=accept, daemon=True)
     thread.start()
