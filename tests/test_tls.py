@@ -107,6 +107,9 @@ def test_names_are_checked_and_normalized() -> None:
     defaults = default_names()
     assert defaults[:3] == ("localhost", "127.0.0.1", "::1")
     assert normalize_names(defaults) == defaults
+    # The address `serve --host` binds is a name clients use, unless it is a wildcard.
+    assert default_names("10.0.0.7") == (*defaults, "10.0.0.7")
+    assert default_names("0.0.0.0") == default_names("::") == default_names("127.0.0.1") == defaults
 
 
 def _serve_once(files: LocalTls, family: int, address: str) -> tuple[int, threading.Thread]:

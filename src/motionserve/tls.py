@@ -77,12 +77,17 @@ class LocalTls:
 # -- names ----------------------------------------------------------------------------------------
 
 
-def default_names() -> tuple[str, ...]:
-    """localhost, the loopback addresses and this machine's host name (when it can be a DNS name)."""
+WILDCARD_HOSTS = ("", "0.0.0.0", "::")
+
+
+def default_names(bind_host: str | None = None) -> tuple[str, ...]:
+    """localhost, the loopback addresses, this machine's host name (when it can be a DNS name) and the
+    address the server binds, unless that is a wildcard (clients could not reach it otherwise)."""
     names = ["localhost", "127.0.0.1", "::1"]
-    host = socket.gethostname().strip().lower()
-    if host and _is_dns_name(host) and host not in names:
-        names.append(host)
+    for extra in (socket.gethostname(), bind_host or ""):
+        name = extra.strip().strip("[]").lower()
+        if name not in WILDCARD_HOSTS and (_as_ip(name) is not None or _is_dns_name(name)) and name not in names:
+            names.append(name)
     return tuple(names)
 
 
@@ -304,7 +309,7 @@ def client_host(bind_host: str, port: int, names: Sequence[str]) -> str:
     """`host:port` as clients on this machine type it: the bind address, or for a wildcard bind a
     loopback name the certificate holds."""
     host = bind_host.strip("[]")
-    if host in ("", "0.0.0.0", "::"):
+    if host in WILDCARD_HOSTS:
         host = next((n for n in ("127.0.0.1", "localhost", "::1") if n in names), names[0])
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 

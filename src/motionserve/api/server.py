@@ -89,12 +89,12 @@ def ensure_admin_key(store: Store, data_dir: Path) -> Path | None:
 
 def use_local_tls(settings: Settings) -> "LocalTls":
     """`--tls auto`: the local CA and server certificate in `<data-dir>/tls`, made or renewed as needed."""
-    from motionserve.tls import TlsSetupError, ensure_local_tls
+    from motionserve.tls import TlsSetupError, default_names, ensure_local_tls
 
     if settings.tls_cert or settings.tls_key:
         raise SystemExit("motionserve: --tls auto makes its own certificate; leave out --tls-cert/--tls-key (or --tls auto)")
     try:
-        local = ensure_local_tls(settings.tls_dir, settings.tls_names)
+        local = ensure_local_tls(settings.tls_dir, settings.tls_names or default_names(settings.host))
     except TlsSetupError as exc:
         raise SystemExit(f"motionserve: {exc}") from None
     if local.created_ca:
