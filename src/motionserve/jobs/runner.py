@@ -2,7 +2,8 @@
 
 It imports the endpoints once, builds the warm-pipeline holder (`ctx.models`) on first use, then
 serves `RunJob` messages one at a time and answers each with `Done`. Everything a handler may ask
-of the service goes through `JobContext` (the `RunContext` of endpoints/base.py). The process ends
+of the service goes through `JobContext` (the `RunContext` of endpoints/base.py); live previews are
+stored off the handler's thread, by `PreviewPublisher`. The process ends
 on `Shutdown`, on pipe EOF, or as soon as its supervisor process dies.
 """
 
