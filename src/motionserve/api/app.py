@@ -18,7 +18,7 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from motionserve import __version__
-from motionserve.api import files, metrics, openapi, queue, requests
+from motionserve.api import files, history, metrics, openapi, playground, queue, requests
 from motionserve.api.deps import AdminDep, SettingsDep, StoreDep
 from motionserve.api.job_events import JobEvents
 from motionserve.api.errors import install_exception_handlers
@@ -137,6 +137,8 @@ def create_app(
         # A redirect is an error for fal_client's async client: accept both forms explicitly instead.
         redirect_slashes=False,
         lifespan=_watch_changes,
+        docs_url=None,  # /docs and /redoc are served from the package's own assets (openapi.py)
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.store = store
@@ -151,5 +153,7 @@ def create_app(
     app.include_router(openapi.router)
     app.include_router(ops)
     app.include_router(metrics.router)
+    app.include_router(history.router)
+    app.include_router(playground.router)
     openapi.install_openapi(app)
     return app

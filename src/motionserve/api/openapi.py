@@ -11,12 +11,14 @@ import re
 from typing import Any, Iterable, Mapping
 
 from fastapi import APIRouter, FastAPI, Request
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 
 from motionserve.api.deps import request_base_url
 from motionserve.api.errors import ApiError
 from motionserve.api.ids import parse_endpoint_id
+from motionserve.api.playground import root_path, static_url
 from motionserve.endpoints.base import Endpoint
 
 router = APIRouter()
@@ -208,3 +210,31 @@ def list_endpoints(request: Request) -> JSONResponse:
         ]
     )
 
+
+# /docs and /redoc from the viewers shipped in the package (static/docs/), never from a CDN: they
+# must work on an offline or firewalled machine. The app is created with docs_url=redoc_url=None.
+# Swagger UI's validator badge would send the document to validator.swagger.io: off.
+SWAGGER_UI_PARAMETERS = {"validatorUrl": None, "persistAuthorization": True}
+
+
+@router.get("/docs", include_in_schema=False)
+def swagger_ui(request: Request) -> HTMLResponse:
+    return get_swagger_ui_html(
+        openapi_url=f"{root_path(request)}/openapi.json",
+        title=f"{request.app.title} - Swagger UI",
+        swagger_js_url=static_url(request, "docs/swagger-ui-bundle.js"),
+        swagger_css_url=static_url(request, "docs/swagger-ui.css"),
+        swagger_favicon_url=static_url(request, "favicon.svg"),
+        swagger_ui_parameters=SWAGGER_UI_PARAMETERS,
+    )
+
+
+@router.get("/redoc", include_in_schema=False)
+def redoc(request: Request) -> HTMLResponse:
+    return get_redoc_html(
+        openapi_url=f"{root_path(request)}/openapi.json",
+        title=f"{request.app.title} - ReDoc",
+        redoc_js_url=static_url(request, "docs/redoc.standalone.js"),
+        redoc_favicon_url=static_url(request, "favicon.svg"),
+        with_google_fonts=False,
+    )
