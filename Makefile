@@ -1,6 +1,7 @@
 # Two commands on a fresh machine with Python 3.11 (and Node.js >= 20 for the JS client tests):
 #   make serve     # creates .venv, installs torch 2.13.0 + motionserve, starts the server
 #   make test      # the whole test suite (what CI runs)
+#   make browser   # Debian's chromium, for the playground's browser tests (they skip without it)
 # WEIGHTS=tiny make serve  -> tiny random models built locally: no downloads, for offline demos.
 
 PYTHON      ?= python3.11
@@ -16,7 +17,7 @@ PYTEST_ARGS ?=
 # CPU build from PyTorch's index instead; set TORCH_PIP_ARGS yourself to pick another (e.g. cu128).
 TORCH_PIP_ARGS ?= $(if $(shell command -v nvidia-smi 2>/dev/null),,--extra-index-url https://download.pytorch.org/whl/cpu)
 
-.PHONY: install js serve test test-fast bench clean
+.PHONY: install js browser serve test test-fast bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,6 +31,11 @@ tests/e2e/js/node_modules/.package-lock.json: tests/e2e/js/package-lock.json
 	cd tests/e2e/js && npm ci --no-audit --no-fund
 
 js: tests/e2e/js/node_modules/.package-lock.json
+
+# Headless Chromium for the playground's browser tests (Debian's package; Playwright drives it, it
+# downloads no browser of its own). Needs root (or sudo) for apt-get; skipped when already there.
+browser:
+	test -x /usr/bin/chromium || { apt-get update -qq && apt-get install -y -qq chromium; }
 
 serve: install
 	$(VENV)/bin/motionserve serve --host $(HOST) --port $(PORT) --data-dir $(DATA_DIR) --weights $(WEIGHTS)
