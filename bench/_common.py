@@ -49,15 +49,17 @@ class BenchServer:
     @classmethod
     def start(
         cls, data_dir: Path, *, weights: str, log_dir: Path, name: str, device: str | None = None, workers: bool = True,
+        env: dict[str, str] | None = None,
     ) -> "BenchServer":
-        """`device=None` leaves the choice to the server (every GPU, else the CPU)."""
+        """`device=None` leaves the choice to the server (every GPU, else the CPU). `env`: settings
+        (`MOTIONSERVE_*` variables) for this server only."""
         port = free_port()
         args = ["serve", "--host", "127.0.0.1", "--port", str(port), "--data-dir", str(data_dir), "--weights", weights]
         if device is not None:
             args += ["--devices", device]
         if not workers:
             args.append("--no-workers")
-        process = ManagedProcess(name, args, log_dir / f"{name}.log", base_env()).start()
+        process = ManagedProcess(name, args, log_dir / f"{name}.log", base_env(env)).start()
         server = cls(data_dir, port, process)
         try:
             server._wait_healthy()

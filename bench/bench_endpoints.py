@@ -15,7 +15,11 @@ also GPU memory. For the AnimateDiff endpoints, 16 against 64 frames (64 uses Fr
 windows): `ratio_64_16` (target <= 4.4; 4.0 is linear). SVD-LCM always makes 25 frames: n/a.
 
     python bench/bench_endpoints.py --endpoint {t2v,v2v,turbo,svd-lcm,all} [--size tiny|small|full]
-                                    [--repeats N] [--device cpu|cuda]
+                                    [--repeats N] [--device cpu|cuda] [--previews-on-off]
+
+`--previews-on-off` measures live previews instead: the same request on two servers that differ only in
+`MOTIONSERVE_PREVIEWS`, alternating, `--repeats` times each: `previews_ratio` = e2e on / off (target
+<= 1.03), with the handler's own time and the model process's CPU seconds on / off beside it.
 
 Human-readable lines first; the LAST line is one JSON object with every figure. Not a test: the numbers
 depend on the machine (and on what else runs on it: see `loadavg_1m_*`). See bench/README.md.
@@ -48,6 +52,7 @@ from _common import (  # noqa: E402
 
 TARGET_RATIO = 1.10
 TARGET_RATIO_64_16 = 4.4
+TARGET_PREVIEWS_RATIO = 1.03
 DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "motionserve-bench"
 
 
@@ -256,6 +261,130 @@ def bench_endpoint(case: Case, args: argparse.Namespace, weights: _weights.Weigh
         bench.close()
 
 
+def bench_previews(case: Case, args: argparse.Namespace, weights: _weights.Weights, workdir: Path) -> dict[str, Any]:
+    """Previews on against off: two servers, the same request alternately on each (the order flips every
+    repeat, so drift in the machine's load hits both alike). No bare pipeline."""
+    request = with_steps(case.request(None), args.steps)
+    forms: dict[str, _PreviewForm] = {}
+    try:
+        for label, on in (("on", "true"), ("off", "false")):
+            forms[label] = _PreviewForm.start(case, args, weights, workdir, label, {"MOTIONSERVE_PREVIEWS": on})
+        for form in forms.values():
+            form.run(request)  # warm-up: the model process loads its pipelines on first use
+            form.runs.clear()
+        for i in range(args.repeats):
+            for label in (("on", "off") if i % 2 == 0 else ("off", "on")):
+                forms[label].run(request)
+        on, off = forms["on"], forms["off"]
+        figures = {
+            "frames": request.frames,
+            "previews_on_e2e_s": median(on.seconds()),
+            "previews_off_e2e_s": median(off.seconds()),
+            "previews_ratio": ratio(median(on.seconds()), median(off.seconds())),
+            "previews_handler_ratio": ratio(median(on.handler()), median(off.handler())),
+            "previews_model_cpu_ratio": ratio(median(on.model_cpu()), median(off.model_cpu())),
+            "previews_on_model_cpu_s": median(on.model_cpu()),
+            "previews_off_model_cpu_s": median(off.model_cpu()),
+            "previews_per_request": on.previews_stored() / (args.repeats + 1),
+            "previews_off_stored": off.previews_stored(),
+            "preview_make_ms": _preview_make_ms(case, request),
+            "previews_on_runs_s": on.seconds(),
+            "previews_off_runs_s": off.seconds(),
+        }
+    except Exception as exc:
+        logs = "\n".join(f"--- server {k} log (tail) ---\n{f.server.process.log()[-3000:]}" for k, f in forms.items())
+        raise RuntimeError(f"{exc!r}\n{logs}") from exc
+    finally:
+        for form in forms.values():
+            form.close()
+    print(f"[{case.key}] previews: on {_fmt(figures['previews_on_e2e_s'])} s  off {_fmt(figures['previews_off_e2e_s'])} s  "
+          f"ratio {_fmt(figures['previews_ratio'])} (target <= {TARGET_PREVIEWS_RATIO})  "
+          f"handler ratio {_fmt(figures['previews_handler_ratio'])}  model cpu ratio {_fmt(figures['previews_model_cpu_ratio'])}  "
+          f"{_fmt(figures['previews_per_request'])} previews a request, {_fmt(figures['preview_make_ms'])} ms to make one",
+          flush=True)
+    return figures
+
+
+@dataclass
+class _PreviewForm:
+    """One server of the previews comparison and what its requests took."""
+
+    server: BenchServer
+    client: QueueClient
+    media: dict[str, str]  # payload field -> the uploaded input's URL on this server
+    endpoint_id: str
+    runs: list[Run]
+
+    @classmethod
+    def start(cls, case: Case, args: argparse.Namespace, weights: _weights.Weights, workdir: Path, label: str,
+              env: dict[str, str]) -> "_PreviewForm":
+        name = f"server-{case.key}-previews-{label}"
+        server = BenchServer.start(workdir / name, weights=weights.server_arg, device=args.device, log_dir=workdir,
+                                   name=name, env=env)
+        try:
+            client = QueueClient(server.base_url, server.create_key(), poll_s=args.poll_interval)
+            media = {field: client.upload(data, content_type=content_type, file_name=file_name)
+                     for field, (data, content_type, file_name) in case.request(None).media.items()}
+        except Exception:
+            server.stop()
+            raise
+        return cls(server, client, media, case.endpoint_id, [])
+
+    def run(self, request: Request) -> None:
+        payload = {**request.payload, **self.media}
+        pid = self.server.model_pid()
+        before = cpu_seconds([pid]) if pid is not None else None
+        result = self.client.run(self.endpoint_id, payload)
+        pid = pid or self.server.model_pid()
+        model_cpu = cpu_seconds([pid]) - before if pid is not None and before is not None else None
+        self.runs.append(Run(result.seconds, 0.0, None, None, result=result, model_cpu=model_cpu))
+
+    def seconds(self) -> list[float]:
+        return [r.seconds for r in self.runs]
+
+    def handler(self) -> list[float | None]:
+        return [r.result.inference_time if r.result else None for r in self.runs]
+
+    def model_cpu(self) -> list[float | None]:
+        return [r.model_cpu for r in self.runs]
+
+    def previews_stored(self) -> int:
+        """Preview images this server's model process stored (every request, the warm-up's too)."""
+        from sqlalchemy import func, select
+
+        from motionserve.config import Settings
+        from motionserve.database import files, make_engine
+
+        engine = make_engine(Settings(data_dir=self.server.data_dir).resolved_database_url)
+        try:
+            with engine.connect() as conn:
+                return int(conn.execute(select(func.count()).select_from(files).where(files.c.kind == "preview")).scalar_one())
+        finally:
+            engine.dispose()
+
+    def close(self) -> None:
+        self.client.close()
+        self.server.stop()
+
+
+def _preview_make_ms(case: Case, request: Request, repeats: int = 20) -> float:
+    """What one preview costs the denoising loop, in this process: projecting and encoding latents of the
+    request's shape (the file store's PUT and the event run on the model process's preview thread)."""
+    import torch
+
+    from motionserve.inference.previews import make_preview
+
+    height, width = (request.call.get("height") or 512) // 8, (request.call.get("width") or 512) // 8
+    svd = case.key == "svd-lcm"
+    shape = (1, request.frames, 4, height, width) if svd else (1, 4, request.frames, height, width)
+    latents = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
+    make_preview(latents, layout="bfchw" if svd else "bcfhw")
+    started = time.perf_counter()
+    for _ in range(repeats):
+        make_preview(latents, layout="bfchw" if svd else "bcfhw", sigma=1.0 if svd else None)
+    return (time.perf_counter() - started) / repeats * 1000
+
+
 def _fmt(value: Any) -> str:
     return f"{value:.3f}" if isinstance(value, float) else str(value)
 
@@ -281,6 +410,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="CPU threads per process, for both forms (1 gives steady figures on a shared machine)")
     parser.add_argument("--poll-interval", type=float, default=0.1, help="status polling interval (s)")
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help="where built weights are kept")
+    parser.add_argument("--previews-on-off", action="store_true",
+                        help="measure live previews: the request on a server with previews on and one with them off")
     parser.add_argument("--check-full-configs", action="store_true",
                         help="only count the full-size models' parameters on the meta device and exit")
     args = parser.parse_args(argv)
@@ -323,8 +454,9 @@ def main(argv: list[str] | None = None) -> int:
         endpoint_started = time.perf_counter()
         try:
             if len(args.endpoints) == 1:
+                run_one = bench_previews if args.previews_on_off else bench_endpoint
                 with tempfile.TemporaryDirectory(prefix="motionserve-bench-") as tmp:
-                    results[key] = bench_endpoint(CASES[key], args, weights, Path(tmp))
+                    results[key] = run_one(CASES[key], args, weights, Path(tmp))
             else:
                 results[key] = _in_fresh_process(key, argv)
         except Exception as exc:  # one endpoint failing still reports the others
@@ -336,7 +468,7 @@ def main(argv: list[str] | None = None) -> int:
     machine["wall_s"] = round(time.perf_counter() - started, 1)
     summary = {**results, "machine": machine, "size": args.size, "repeats": args.repeats, "steps": args.steps or "default",
                "threads": args.threads or "default",
-               "targets": {"ratio": TARGET_RATIO, "ratio_64_16": TARGET_RATIO_64_16}}
+               "targets": {"ratio": TARGET_RATIO, "ratio_64_16": TARGET_RATIO_64_16, "previews_ratio": TARGET_PREVIEWS_RATIO}}
     print(json.dumps(rounded(summary)))
     return 1 if any("error" in r for r in results.values()) else 0
 
