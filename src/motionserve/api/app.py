@@ -38,7 +38,8 @@ ops = APIRouter(tags=["server"])
 DESCRIPTION = """Self-hosted video diffusion endpoints speaking the fal model API.
 
 Point `fal-client` / `@fal-ai/client` here (see the README), authenticate with
-`Authorization: Key KEY_ID:SECRET`, and use the per-endpoint documents under `/openapi/{endpoint_id}.json`."""
+`Authorization: Key KEY_ID:SECRET`, and use the per-endpoint documents under `/openapi/{endpoint_id}.json`.
+Or try them in a browser: the playground is at `/`."""
 
 
 def _live_workers(store: JobStore, settings: Settings) -> list[dict[str, Any]]:

@@ -1,4 +1,5 @@
-"""OpenAPI documents: one per endpoint (as fal publishes them), and the whole app at /openapi.json.
+"""OpenAPI documents: one per endpoint (as fal publishes them), and the whole app at /openapi.json,
+shown by /docs and /redoc from the viewers shipped in the package (static/docs/).
 
 The submit/run routes take any endpoint id, so FastAPI cannot see their bodies; instead each
 endpoint's input and output models are injected as named components (`FastAnimatediffTextToVideoInput`
