@@ -7,6 +7,7 @@ of the owner that submitted it: anyone else gets the same 404 as for an unknown 
 
 from __future__ import annotations
 
+import re
 from typing import Any, Callable
 
 from fastapi import APIRouter, Request
@@ -29,6 +30,13 @@ from motionserve.jobs.protocols import JobStore
 router = APIRouter()
 
 _PREFIX = "/queue/{app:path}/requests/{request_id}"
+# The id is echoed in `x-fal-request-id` even when unknown (as fal does), but only an id that can be a
+# header value: anything else in the URL (control characters, non-Latin-1) would fail the response.
+_ECHOABLE_ID = re.compile(r"[!-~]{1,128}")
+
+
+def _id_header(request_id: str) -> dict[str, str]:
+    return {REQUEST_ID_HEADER: request_id} if _ECHOABLE_ID.fullmatch(request_id) else {}
 
 
 def _find(store: JobStore, app: str, request_id: str, owner: str) -> tuple[AppId, Job] | None:
@@ -45,7 +53,7 @@ def _find(store: JobStore, app: str, request_id: str, owner: str) -> tuple[AppId
 def _lookup(store: JobStore, app: str, request_id: str, owner: str) -> tuple[AppId, Job]:
     found = _find(store, app, request_id, owner)
     if found is None:
-        raise ApiError(404, "Request not found", headers={REQUEST_ID_HEADER: request_id})
+        raise ApiError(404, "Request not found", headers=_id_header(request_id))
     return found
 
 
@@ -92,7 +100,7 @@ def get_status(
 
 @_routes(_PREFIX + "/cancel", "PUT", summary="Cancel a request", tags=["queue"])
 def cancel(app: str, request_id: str, owner: OwnerDep, store: StoreDep) -> JSONResponse:
-    headers = {REQUEST_ID_HEADER: request_id}
+    headers = _id_header(request_id)
     found = _find(store, app, request_id, owner)
     outcome = store.request_cancel(request_id) if found is not None else None
     if outcome is None:

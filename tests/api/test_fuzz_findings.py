@@ -1,0 +1,35 @@
+"""Inputs the schema fuzzer (tests/e2e/test_fuzz.py) found to break the server, each sent once here.
+
+Every case is a request a client could send; the server must answer it with a documented 4xx in
+fal's `{"detail": ...}` shape, never a 500.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import quote
+
+import pytest
+
+from .conftest import Api
+
+APP = "/queue/test-owner/echo"
+
+
+@pytest.mark.parametrize("request_id", ["ü\U0010fd08", "a\x01b", "tab\there", "x" * 300])
+@pytest.mark.parametrize("suffix", ["", "/status", "/status/stream", "/cancel"])
+def test_a_request_id_that_cannot_be_a_header_value_is_a_plain_404(api: Api, request_id: str, suffix: str) -> None:
+    # The id of an unknown request is echoed in x-fal-request-id; one that is not printable ASCII
+    # (non-Latin-1 characters, control characters) used to make the response itself fail with a 500.
+    method = "PUT" if suffix == "/cancel" else "GET"
+    r = api.client.request(method, f"{APP}/requests/{quote(request_id, safe='')}{suffix}", headers=api.auth)
+
+    assert r.status_code == 404, r.text
+    assert r.headers["content-type"] == "application/json"
+    assert "x-fal-request-id" not in r.headers
+
+
+def test_a_printable_unknown_request_id_is_still_echoed(api: Api) -> None:
+    r = api.client.get(f"{APP}/requests/no-such-id/status", headers=api.auth)
+
+    assert r.status_code == 404
+    assert r.headers["x-fal-request-id"] == "no-such-id"
