@@ -40,6 +40,7 @@ from sqlalchemy.engine import make_url
 
 WRITE_OPTION = "motionserve_write"  # execution option: this transaction writes
 SQLITE_BUSY_TIMEOUT_S = 30.0
+CONNECT_TIMEOUT_S = 10  # PostgreSQL
 
 metadata = MetaData()
 
@@ -196,7 +197,10 @@ def make_engine(url: str) -> Engine:
     url = normalize_url(url)
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
-        return create_engine(url, pool_pre_ping=True, future=True)
+        # pre-ping: a pooled connection dropped by a restart or pg_terminate_backend is replaced
+        # at checkout, not handed to a request. connect_timeout: an unreachable host (not a refused
+        # port) fails a request in seconds, as a 503, instead of holding it for the TCP timeout.
+        return create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": CONNECT_TIMEOUT_S}, future=True)
 
     if not parsed.database or parsed.database == ":memory:":
         # Each pooled connection would get its own empty database, and worker processes none.

@@ -6,6 +6,7 @@ deep in a pipeline reaches the client in fal's shape without the inner layers kn
 
 from __future__ import annotations
 
+import errno
 from typing import Any
 
 
@@ -72,3 +73,19 @@ class JobCancelledError(MotionserveError):
 
     status_code = 499
     error_type = "client_cancelled"
+
+
+class StorageFullError(MotionserveError):
+    """The disk that holds uploads and outputs is full (or over quota); retrying once space is freed
+    works. Reported as 507 Insufficient Storage (RFC 4918), never as a truncated file."""
+
+    status_code = 507
+    error_type = "insufficient_storage"
+
+    def __init__(self, message: str = "No space left on the server's file storage; try again later") -> None:
+        super().__init__(message)
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """An OSError that means "no space left" (ENOSPC) or "over quota" (EDQUOT)."""
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)

@@ -11,6 +11,7 @@ import anyio
 from fastapi import Request
 
 from motionserve.api.errors import ApiError, body_validation_error
+from motionserve.errors import StorageFullError, is_disk_full
 
 MB = 1024 * 1024
 # Inputs may carry base64 data URIs (fal_client.encode_file): allow those, refuse anything silly.
@@ -76,7 +77,9 @@ async def stream_to_file(request: Request, path: Path, limit: int) -> int:
                     batch, batched = [], 0
             if batch:
                 await anyio.to_thread.run_sync(out.write, b"".join(batch))
-    except BaseException:
+    except BaseException as exc:
         path.unlink(missing_ok=True)
+        if is_disk_full(exc):
+            raise StorageFullError() from exc
         raise
     return size

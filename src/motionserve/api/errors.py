@@ -14,14 +14,18 @@ from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from motionserve.errors import InputValidationError, MotionserveError
+from motionserve.errors import InputValidationError, MotionserveError, StorageFullError, is_disk_full
 
 log = logging.getLogger(__name__)
 
 ERROR_TYPE_HEADER = "X-Fal-Error-Type"
 REQUEST_ID_HEADER = "x-fal-request-id"
+# What a client is told to wait before retrying while the database is away: restarts and fail-overs
+# take seconds; a shorter hint would only add load to a server that cannot answer yet.
+DATABASE_RETRY_AFTER_S = 5
 
 
 class ApiError(Exception):
@@ -96,7 +100,31 @@ async def _request_validation(_: Request, exc: Exception) -> JSONResponse:
     return error_response(422, errors)
 
 
+def _database_unreachable(exc: sa_exc.SQLAlchemyError) -> bool:
+    """The database cannot be reached (down, restarting, connection dropped, pool exhausted), as
+    opposed to a statement it refused (a bug: a 500)."""
+    if isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError)):
+        return True
+    return isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated
+
+
+async def _database_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, sa_exc.SQLAlchemyError)
+    if not _database_unreachable(exc):
+        return await _unhandled(request, exc)
+    # One line, no traceback: during an outage every request lands here.
+    log.warning("%s %s: database unreachable: %s", request.method, request.url.path, str(exc).splitlines()[0])
+    return error_response(
+        503,
+        "The server's database is unreachable; try again shortly",
+        error_type="database_unavailable",
+        headers={"Retry-After": str(DATABASE_RETRY_AFTER_S)},
+    )
+
+
 async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
+    if is_disk_full(exc):  # a full disk met outside the file store's own checks
+        return motionserve_error_response(StorageFullError())
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return error_response(500, "Internal Server Error", error_type="internal_error")
 
@@ -106,4 +134,5 @@ def install_exception_handlers(app: FastAPI) -> None:
     app.add_exception_handler(MotionserveError, _motionserve_error)
     app.add_exception_handler(StarletteHTTPException, _http_exception)
     app.add_exception_handler(RequestValidationError, _request_validation)
+    app.add_exception_handler(sa_exc.SQLAlchemyError, _database_error)
     app.add_exception_handler(Exception, _unhandled)

@@ -17,9 +17,11 @@ import json
 import os
 import secrets
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
+from motionserve.errors import StorageFullError, is_disk_full
 from motionserve.storage.catalog import FileCatalog
 from motionserve.storage.store import Part
 from motionserve.storage.types import Delivery, PendingUpload, ServeFile, StoredFile, UploadNotFoundError, is_token
@@ -81,11 +83,15 @@ class LocalObjects:
         part = self._part_path(upload, number)
         try:
             # The ETag first: a part is only listed once its data is in place, and then it has one.
-            part.with_suffix(".etag").write_text(etag)
+            with _written_whole(part.with_suffix(".etag")):
+                part.with_suffix(".etag").write_text(etag)
             os.replace(staged, part)
         except FileNotFoundError as exc:  # the upload was completed or swept meanwhile
             staged.unlink(missing_ok=True)
             raise UploadNotFoundError("Upload not found (unknown, completed or expired)") from exc
+        except StorageFullError:
+            staged.unlink(missing_ok=True)
+            raise
         return etag
 
     def parts(self, upload: PendingUpload) -> dict[int, Part]:
@@ -97,7 +103,7 @@ class LocalObjects:
 
     def complete_upload(self, upload: PendingUpload, parts: Sequence[Part]) -> None:
         tmp = self._temp_path()
-        with open(tmp, "wb") as out:
+        with _written_whole(tmp), open(tmp, "wb") as out:
             for part in parts:
                 with open(self._part_path(upload, part.number), "rb") as src:
                     shutil.copyfileobj(src, out, _COPY_CHUNK)
@@ -124,8 +130,22 @@ class LocalObjects:
         if isinstance(source, Path) and move:
             return source  # a temp_path() of the store: tmp/ on this filesystem
         tmp = self._temp_path()
-        if isinstance(source, Path):
-            shutil.copyfile(source, tmp)
-        else:
-            tmp.write_bytes(source)
+        with _written_whole(tmp):
+            if isinstance(source, Path):
+                shutil.copyfile(source, tmp)
+            else:
+                tmp.write_bytes(source)
         return tmp
+
+
+@contextmanager
+def _written_whole(path: Path) -> Iterator[None]:
+    """Remove `path` when writing it fails: a half-written file must be neither renamed into place
+    nor left to fill the disk. A full disk is reported as such (507), not as an internal error."""
+    try:
+        yield
+    except BaseException as exc:
+        path.unlink(missing_ok=True)
+        if is_disk_full(exc):
+            raise StorageFullError() from exc
+        raise
