@@ -53,6 +53,10 @@ class Settings(BaseSettings):
     drain_timeout_s: float = 10.0  # a stopping worker lets its job finish this long, then requeues it
     sync_run_timeout_s: float = 3600.0
     max_queue_length: int = 0  # queued requests per endpoint beyond which a submit is a 429; 0: no cap
+    # Per key (its owner: keys of one owner share them), as fal has them. Jobs beyond the running
+    # limit wait in the queue, never refused; submits beyond the rate are a 429. 0: no limit.
+    max_running_per_key: int = Field(0, ge=0)
+    submit_rate_per_min: int = Field(0, ge=0)
     lora_dir: Path | None = None  # where user LoRAs given as local paths may come from; default data_dir/loras
     memory_budget_gb: float | None = None  # GPU memory for warm pipelines; None: the device's total
     auto_migrate: bool = True  # upgrade the database schema on start

@@ -74,7 +74,11 @@ jobs = Table(
     Column("runner_hint", String(200)),  # X-Fal-Runner-Hint: prefer the worker that last ran it
     Column("no_retry", Boolean, nullable=False, default=False),  # X-Fal-No-Retry
     Column("preview", JSON),  # {"url", "step"}: the latest live preview while it runs
-    Index("ix_jobs_queue", "state", "priority", "seq"),
+    # Fair queuing between owners: the job's virtual start time, set at submit (`Store.submit`).
+    # The queue runs by (priority, fair_seq, seq); a requeued job keeps it, as it keeps `seq`.
+    Column("fair_seq", BigInteger, nullable=False, default=0, server_default="0"),
+    Index("ix_jobs_fair_queue", "state", "priority", "fair_seq", "seq"),
+    Index("ix_jobs_owner_active", "owner", "state", "priority", "fair_seq"),  # an owner's last queued/running job
     Index("ix_jobs_changed", "changed_at"),
     Index("ix_jobs_finished", "finished_at"),
     Index("ix_jobs_owner", "owner", "seq"),  # a key's history (GET /requests), newest first

@@ -7,7 +7,10 @@ priorities and workers are shared) and simply waits for the job, cancelling it i
 
 from __future__ import annotations
 
+import math
 import time
+from functools import partial
+
 import anyio
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
@@ -22,7 +25,7 @@ from motionserve.api.status import RequestUrls, result_response
 from motionserve.config import Settings
 from motionserve.errors import AddressRefusedError, FetchError, InputValidationError
 from motionserve.endpoints.base import Endpoint, Limits
-from motionserve.jobs.models import Job
+from motionserve.jobs.models import Job, SubmitRate, SubmitRateExceeded
 from motionserve.jobs.protocols import JobStore
 
 QUEUE_FULL_RETRY_AFTER_S = 10
@@ -51,21 +54,33 @@ async def _submit(request: Request, raw_id: str, owner: str, settings: Settings,
     if options.webhook_url is not None:
         await _check_webhook_target(options.webhook_url, settings)
     endpoint.validate(payload, Limits(max_frames=settings.max_frames))
-    job = await anyio.to_thread.run_sync(
-        lambda: store.submit(
-            owner=owner,
-            endpoint_id=app_id.endpoint_id,
-            input=payload,  # as sent: the worker validates it again with the same model
-            priority=options.priority,
-            start_timeout_s=options.start_timeout_s,
-            webhook_url=options.webhook_url,
-            base_url=public_base_url(request, settings),
-            file_retention_s=options.file_retention_s or settings.file_retention_s,
-            runner_hint=options.runner_hint,
-            no_retry=options.no_retry,
-        )
+    submit = partial(
+        store.submit,
+        owner=owner,
+        endpoint_id=app_id.endpoint_id,
+        input=payload,  # as sent: the worker validates it again with the same model
+        priority=options.priority,
+        start_timeout_s=options.start_timeout_s,
+        webhook_url=options.webhook_url,
+        base_url=public_base_url(request, settings),
+        file_retention_s=options.file_retention_s or settings.file_retention_s,
+        runner_hint=options.runner_hint,
+        no_retry=options.no_retry,
+        submit_rate=SubmitRate(settings.submit_rate_per_min) if settings.submit_rate_per_min else None,
     )
+    try:
+        job = await anyio.to_thread.run_sync(submit)
+    except SubmitRateExceeded as exc:
+        raise _rate_limited(exc) from exc
     return app_id, job
+
+
+def _rate_limited(exc: SubmitRateExceeded) -> ApiError:
+    """A 429 as for a full queue, saying when the oldest submit of the window leaves it. Counted by
+    the store, so it holds across API nodes; only jobs that were queued count (not 422s)."""
+    wait_s = max(1, math.ceil(exc.retry_after_s))
+    return ApiError(429, f"Too many requests: this key may submit {exc.rate.count} requests per minute; "
+                         f"try again in {wait_s} s", error_type="rate_limited", headers={"Retry-After": str(wait_s)})
 
 
 async def _refuse_if_queue_full(store: JobStore, endpoint_id: str, limit: int) -> None:

@@ -122,6 +122,23 @@ class ClaimPreference:
 
 
 @dataclass(frozen=True)
+class SubmitRate:
+    """At most `count` submits per owner in any `window_s` seconds (MOTIONSERVE_SUBMIT_RATE_PER_MIN)."""
+
+    count: int
+    window_s: float = 60.0
+
+
+class SubmitRateExceeded(Exception):
+    """`Store.submit` refused a job: its owner already submitted `rate.count` in the last window."""
+
+    def __init__(self, rate: SubmitRate, retry_after_s: float) -> None:
+        super().__init__(f"at most {rate.count} submits per {rate.window_s:g} s")
+        self.rate = rate
+        self.retry_after_s = retry_after_s
+
+
+@dataclass(frozen=True)
 class WorkerRecord:
     """A worker supervisor as the registry knows it (one per device per worker process)."""
 

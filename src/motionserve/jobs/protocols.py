@@ -10,14 +10,14 @@ from typing import Any, Collection, Iterable, Protocol, Sequence
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from motionserve.jobs.models import Caller, CancelOutcome, ClaimPreference, Job, LogLine, WorkerRecord
+from motionserve.jobs.models import Caller, CancelOutcome, ClaimPreference, Job, LogLine, SubmitRate, WorkerRecord
 
 
 class WorkerStore(Protocol):
     """The store as a worker supervisor uses it."""
 
     def claim(self, worker_id: str, lease_s: float, endpoint_ids: Iterable[str] | None = None,
-              prefer: ClaimPreference | None = None) -> Job | None: ...
+              prefer: ClaimPreference | None = None, max_running_per_owner: int = 0) -> Job | None: ...
 
     def get(self, job_id: str, *, with_input: bool = False) -> Job | None: ...
 
@@ -44,7 +44,7 @@ class JobStore(Protocol):
     def submit(self, *, owner: str, endpoint_id: str, input: dict[str, Any], priority: int = 0,
                start_timeout_s: float | None = None, webhook_url: str | None = None, base_url: str,
                file_retention_s: int | None = None, runner_hint: str | None = None,
-               no_retry: bool = False) -> Job: ...
+               no_retry: bool = False, submit_rate: SubmitRate | None = None) -> Job: ...
 
     def get(self, job_id: str, *, with_input: bool = False) -> Job | None: ...
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 import uuid
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Collection, Iterable, Iterator, Sequence
 
 from sqlalchemy import Connection, Double, Engine, and_, case, cast, delete, extract, func, insert, literal, or_, select, update
@@ -28,6 +28,8 @@ from motionserve.jobs.models import (
     Job,
     JobState,
     LogLine,
+    SubmitRate,
+    SubmitRateExceeded,
     error_dict,
 )
 from motionserve.jobs.store_keys import KeysMixin
@@ -41,6 +43,10 @@ CANCELLED_ERROR = error_dict(499, "Request was cancelled", "client_cancelled")
 START_TIMEOUT_ERROR = error_dict(504, "Request timed out", "request_timeout", timeout_type="user")
 # PostgreSQL NOTIFY channel: "<kind> <job id>", kind one of the ChangeKind values below.
 NOTIFY_CHANNEL = "motionserve_jobs"
+# Two-key PostgreSQL advisory locks (namespace, hashtext(owner)): one owner's submits take turns (so
+# two API nodes never give two of its jobs the same fair_seq, nor let its submit rate overshoot), and
+# so do claims of one owner's jobs while a per-owner running limit is on.
+SUBMIT_LOCKS, CLAIM_LOCKS = 0x6D730001, 0x6D730002
 # Status reads never load the stored input: it can be a 64 MB data URI.
 _STATUS_COLUMNS = [c for c in jobs.c if c.name != "input"]
 
@@ -194,11 +200,17 @@ class Store(KeysMixin, WebhookQueueMixin, WorkerRegistryMixin):
         file_retention_s: int | None = None,
         runner_hint: str | None = None,
         no_retry: bool = False,
+        submit_rate: SubmitRate | None = None,
     ) -> Job:
-        """Queue a job. `start_timeout_s`: fail it (504) if no worker started it within that time."""
+        """Queue a job. `start_timeout_s`: fail it (504) if no worker started it within that time.
+        `submit_rate`: raise `SubmitRateExceeded` instead if the owner already sent that many."""
         job_id = str(uuid.uuid4())
         with self._write() as conn:
+            if self._is_postgres:
+                conn.execute(select(func.pg_advisory_xact_lock(SUBMIT_LOCKS, func.hashtext(owner))))
             now = self._now(conn)
+            if submit_rate is not None:
+                self._check_submit_rate(conn, owner, submit_rate, now)
             conn.execute(
                 insert(jobs).values(
                     id=job_id,
@@ -217,12 +229,46 @@ class Store(KeysMixin, WebhookQueueMixin, WorkerRegistryMixin):
                     file_retention_s=file_retention_s,
                     runner_hint=runner_hint,
                     no_retry=no_retry,
+                    fair_seq=self._fair_seq(owner, priority),
                 )
             )
             self._notify(conn, ChangeKind.QUEUED, job_id)
             job = self._get(conn, job_id, with_input=False)
         assert job is not None
         return job
+
+    def _fair_seq(self, owner: str, priority: int) -> ColumnElement[int]:
+        """A new job's virtual start time (start-time fair queuing), evaluated inside its INSERT.
+
+        Virtual time is where the queue of this priority stands: the newest running job's fair_seq,
+        or just before the queue's head when nothing of this priority runs. A job starts one past the
+        later of that and its owner's last queued or running job: an owner with nothing waiting lands
+        right behind the head, while one owner's backlog is spaced out one slot per round, so every
+        other owner's job goes between two of its jobs. Four index probes (ix_jobs_fair_queue,
+        ix_jobs_owner_active); the claim itself only reads the order.
+        """
+
+        def probe(aggregate: Any, *where: ColumnElement[bool]) -> Any:
+            return func.coalesce(select(aggregate(jobs.c.fair_seq)).where(jobs.c.priority == priority, *where).scalar_subquery(), 0)
+
+        queued, running = jobs.c.state == JobState.QUEUED.value, jobs.c.state == JobState.RUNNING.value
+        greatest = func.greatest if self._is_postgres else func.max  # SQLite's max() of several arguments
+        return greatest(
+            probe(func.max, running),
+            probe(func.min, queued) - 1,
+            probe(func.max, jobs.c.owner == owner, queued),
+            probe(func.max, jobs.c.owner == owner, running),
+        ) + 1
+
+    def _check_submit_rate(self, conn: Connection, owner: str, rate: SubmitRate, now: float) -> None:
+        """Raise `SubmitRateExceeded` if `owner`'s `rate.count`-th newest job is younger than the window.
+        Reads at most `rate.count` entries of ix_jobs_owner, whatever the owner's history; every node
+        counts the same rows, under the owner's submit lock on PostgreSQL."""
+        oldest_in_window = conn.execute(
+            select(jobs.c.created_at).where(jobs.c.owner == owner).order_by(jobs.c.seq.desc()).offset(rate.count - 1).limit(1)
+        ).scalar()
+        if oldest_in_window is not None and oldest_in_window > now - rate.window_s:
+            raise SubmitRateExceeded(rate, oldest_in_window + rate.window_s - now)
 
     def get(self, job_id: str, *, with_input: bool = False) -> Job | None:
         """The job; its `input` only when asked for (status reads never need it)."""
@@ -240,12 +286,19 @@ class Store(KeysMixin, WebhookQueueMixin, WorkerRegistryMixin):
         return row_to_job(row) if row is not None else None
 
     def queue_position(self, job: Job) -> int:
-        """How many queued jobs run before this one (priority first, then submit order); 0 if not queued."""
+        """How many queued jobs run before this one (the claim's order: priority, fair_seq, submit
+        order; a worker's warm preference aside); 0 if not queued."""
         with self._read() as conn:
-            me = conn.execute(select(jobs.c.seq, jobs.c.priority, jobs.c.state).where(jobs.c.id == job.id)).first()
+            me = conn.execute(
+                select(jobs.c.seq, jobs.c.priority, jobs.c.fair_seq, jobs.c.state).where(jobs.c.id == job.id)
+            ).first()
             if me is None or me.state != JobState.QUEUED.value:
                 return 0
-            ahead = or_(jobs.c.priority < me.priority, and_(jobs.c.priority == me.priority, jobs.c.seq < me.seq))
+            ahead = or_(
+                jobs.c.priority < me.priority,
+                and_(jobs.c.priority == me.priority,
+                     or_(jobs.c.fair_seq < me.fair_seq, and_(jobs.c.fair_seq == me.fair_seq, jobs.c.seq < me.seq))),
+            )
             count = conn.execute(
                 select(func.count()).select_from(jobs).where(jobs.c.state == JobState.QUEUED.value, ahead)
             ).scalar_one()
@@ -264,7 +317,7 @@ class Store(KeysMixin, WebhookQueueMixin, WorkerRegistryMixin):
         if not job_ids:
             return {}
         ranked = (
-            select(jobs.c.id, (func.row_number().over(order_by=(jobs.c.priority, jobs.c.seq)) - 1).label("position"))
+            select(jobs.c.id, (func.row_number().over(order_by=_QUEUE_ORDER) - 1).label("position"))
             .where(jobs.c.state == JobState.QUEUED.value)
             .subquery()
         )
@@ -321,20 +374,26 @@ class Store(KeysMixin, WebhookQueueMixin, WorkerRegistryMixin):
         lease_s: float,
         endpoint_ids: Iterable[str] | None = None,
         prefer: ClaimPreference | None = None,
+        max_running_per_owner: int = 0,
     ) -> Job | None:
         """Take the next queued job, if any: by priority, then (with `prefer`) what this worker would
-        rather run, then submit order. A job found there past its start deadline is failed instead
-        and the next one taken, so none starts late; `expire_start_deadlines` (every API node's
-        upkeep, every second) fails the rest without a scan of the queue in every claim."""
+        rather run, then fair order between owners (`_fair_seq`), then submit order. A job found
+        there past its start deadline is failed instead and the next one taken, so none starts late;
+        `expire_start_deadlines` (every API node's upkeep, every second) fails the rest without a
+        scan of the queue in every claim. `max_running_per_owner` (0: none): owners with that many
+        jobs running are passed over; their jobs wait."""
         if not self._is_postgres and not self._exists(jobs.c.state == JobState.QUEUED.value):
             return None  # SQLite: do not take the database-wide write lock for nothing
+        limit = OwnerLimit(max_running_per_owner) if max_running_per_owner > 0 else None
         with self._write() as conn:
             while True:
-                candidate = conn.execute(self._next_queued(endpoint_ids, prefer)).first()
+                candidate = conn.execute(self._next_queued(endpoint_ids, prefer, limit)).first()
                 if candidate is None:
                     return None
                 if candidate.late:
                     self._transition(conn, candidate.id, JobState.QUEUED, JobState.FAILED, values={"error": START_TIMEOUT_ERROR})
+                    continue
+                if limit is not None and self._is_postgres and not self._owner_has_room(conn, candidate.owner, limit):
                     continue
                 now = self._now_sql()
                 return self._transition(
@@ -352,14 +411,45 @@ class Store(KeysMixin, WebhookQueueMixin, WorkerRegistryMixin):
                     with_input=True,
                 )
 
-    def _next_queued(self, endpoint_ids: Iterable[str] | None, prefer: ClaimPreference | None) -> Any:
-        """The id of the queued job `claim` takes next, locked (skipping rows other claimers hold),
-        and whether it is past its start deadline."""
+    def _next_queued(self, endpoint_ids: Iterable[str] | None, prefer: ClaimPreference | None, limit: OwnerLimit | None) -> Any:
+        """The id and owner of the queued job `claim` takes next, locked (skipping rows other
+        claimers hold), and whether it is past its start deadline."""
         now = self._now_sql()
-        query = select(jobs.c.id, (jobs.c.start_deadline < now).label("late")).where(jobs.c.state == JobState.QUEUED.value)
+        query = select(jobs.c.id, jobs.c.owner, (jobs.c.start_deadline < now).label("late")).where(
+            jobs.c.state == JobState.QUEUED.value
+        )
         if endpoint_ids is not None:
             query = query.where(jobs.c.endpoint_id.in_(list(endpoint_ids)))
+        if limit is not None:
+            # The running set is small (one row per busy worker): a cheap anti-join.
+            at_limit = (
+                select(jobs.c.owner).where(jobs.c.state == JobState.RUNNING.value)
+                .group_by(jobs.c.owner).having(func.count() >= limit.max_running)
+            )
+            query = query.where(jobs.c.owner.not_in(at_limit))
+            if limit.passed_over:
+                query = query.where(jobs.c.owner.not_in(sorted(limit.passed_over)))
         return self._locking(query.order_by(*_claim_order(prefer, now)).limit(1), skip_locked=True)
+
+    def _owner_has_room(self, conn: Connection, owner: str, limit: OwnerLimit) -> bool:
+        """PostgreSQL: whether `owner` may start one more job, checked under its claim lock (claimers
+        on other nodes that found the same room commit one at a time, so none overshoots). The
+        first lock of a claim is waited for; later ones only tried (holding one while waiting for
+        another could deadlock two claimers): a busy owner is passed over this time, and an owner
+        found full is too."""
+        lock = func.pg_try_advisory_xact_lock if limit.holds_lock else func.pg_advisory_xact_lock
+        got = conn.execute(select(lock(CLAIM_LOCKS, func.hashtext(owner)))).scalar()
+        if limit.holds_lock and not got:
+            limit.passed_over.add(owner)
+            return False
+        limit.holds_lock = True
+        running = conn.execute(
+            select(func.count()).select_from(jobs).where(jobs.c.owner == owner, jobs.c.state == JobState.RUNNING.value)
+        ).scalar_one()
+        if running >= limit.max_running:
+            limit.passed_over.add(owner)
+            return False
+        return True
 
     def expire_start_deadlines(self) -> int:
         """Fail queued jobs whose start deadline passed, even while every worker is busy."""
@@ -562,16 +652,30 @@ class Store(KeysMixin, WebhookQueueMixin, WorkerRegistryMixin):
         )
 
 
+@dataclass
+class OwnerLimit:
+    """One claim's per-owner running limit, and what it learned on the way (PostgreSQL)."""
+
+    max_running: int
+    passed_over: set[str] = field(default_factory=set)  # owners found full or busy in this claim
+    holds_lock: bool = False  # an owner's claim lock is held (until the claim commits)
+
+
+# The queue's order without a worker's preference: what queue positions count in (ix_jobs_fair_queue).
+_QUEUE_ORDER = (jobs.c.priority, jobs.c.fair_seq, jobs.c.seq)
+
+
 def _claim_order(prefer: ClaimPreference | None, now: ColumnElement[float]) -> list[Any]:
     if prefer is None:
-        return [jobs.c.priority, jobs.c.seq]
+        return list(_QUEUE_ORDER)
     waited_too_long = jobs.c.created_at < now - prefer.max_wait_s
     matches = [jobs.c.endpoint_id.in_(sorted(prefer.warm_endpoints)), jobs.c.runner_hint.in_(sorted(prefer.hints))]
     # A job this worker ran the hint of ranks above one whose pipeline is merely warm here. Among
-    # jobs that waited too long, age alone decides: else, with a backlog older than `max_wait_s`,
-    # a steady stream of this worker's warm jobs would starve an older job of another endpoint.
+    # jobs that waited too long, the preference no longer counts, only the queue's own order (fair
+    # order between owners, then age): else, with a backlog older than `max_wait_s`, a steady stream
+    # of this worker's warm jobs would starve an older job of another endpoint.
     preferred = case((waited_too_long, 0), (matches[1], 0), (matches[0], 1), else_=2)
-    return [jobs.c.priority, case((waited_too_long, 0), else_=1), preferred, jobs.c.seq]
+    return [jobs.c.priority, case((waited_too_long, 0), else_=1), preferred, jobs.c.fair_seq, jobs.c.seq]
 
 
 def row_to_job(row: Any) -> Job:

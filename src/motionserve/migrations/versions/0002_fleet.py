@@ -1,5 +1,6 @@
-"""The multi-machine release: change tracking, claim hints, live previews and a per-owner history
-index on jobs, key roles, shared secrets, the file catalog, uploads in progress and the worker registry.
+"""The multi-machine release: change tracking, claim hints, live previews, a per-owner history
+index and fair queuing between owners on jobs, key roles, shared secrets, the file catalog, uploads
+in progress and the worker registry.
 
 Not released yet: until it is, a column added to `motionserve.database` goes here too (the
 migration test fails until it does). After the release, changes go in a new revision.
@@ -36,6 +37,11 @@ def upgrade() -> None:
     op.create_index("ix_jobs_changed", "jobs", ["changed_at"])
     op.create_index("ix_jobs_finished", "jobs", ["finished_at"])
     op.create_index("ix_jobs_owner", "jobs", ["owner", "seq"])
+    # Fair queuing: jobs already queued get 0, so they keep their submit order and run first.
+    op.add_column("jobs", sa.Column("fair_seq", sa.BigInteger, nullable=False, server_default="0"))
+    op.drop_index("ix_jobs_queue", table_name="jobs")
+    op.create_index("ix_jobs_fair_queue", "jobs", ["state", "priority", "fair_seq", "seq"])
+    op.create_index("ix_jobs_owner_active", "jobs", ["owner", "state", "priority", "fair_seq"])
 
     op.add_column("api_keys", sa.Column("role", sa.String(16), nullable=False, server_default="user"))
     keys = sa.table("api_keys", sa.column("owner"), sa.column("label"), sa.column("role"))
@@ -94,9 +100,12 @@ def downgrade() -> None:
     # foreign keys off, so recreating `jobs` does not cascade into job_logs and webhooks.
     with op.batch_alter_table("api_keys") as batch:
         batch.drop_column("role")
+    op.drop_index("ix_jobs_owner_active", table_name="jobs")
+    op.drop_index("ix_jobs_fair_queue", table_name="jobs")
+    op.create_index("ix_jobs_queue", "jobs", ["state", "priority", "seq"])
     op.drop_index("ix_jobs_owner", table_name="jobs")
     op.drop_index("ix_jobs_finished", table_name="jobs")
     op.drop_index("ix_jobs_changed", table_name="jobs")
     with op.batch_alter_table("jobs") as batch:
-        for column in ("preview", "no_retry", "runner_hint", "changed_at"):
+        for column in ("fair_seq", "preview", "no_retry", "runner_hint", "changed_at"):
             batch.drop_column(column)
