@@ -112,7 +112,8 @@ class WorkerSupervisor:
                 return None
             self.presence.beat("idle", warm=self._warm)
             self._wake.clear()
-            job = self.store.claim(self.worker_id, self.limits.lease_s, self.endpoint_ids, self._preference())
+            job = self.store.claim(self.worker_id, self.limits.lease_s, self.endpoint_ids, self._preference(),
+                                   max_running_per_owner=self.settings.max_running_per_key)
         except Exception:
             log.exception("worker %s: store unavailable; retrying", self.worker_id)
             stop.wait(1.0)
