@@ -2,18 +2,19 @@
 
 TEST HOOK ONLY: WorkerSupervisor(registry_module="jobs_fake_registry"). Small endpoints that
 exercise what the supervisor must handle (logs, cooperative and stubborn cancellation, errors,
-output files, previews) without torch.
+output files, outputs stored after the handler returned, previews) without torch.
 """
 
 from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
 
-from motionserve.endpoints.base import Endpoint, EndpointInput, File, RunContext
+from motionserve.endpoints.base import Endpoint, EndpointInput, File, PendingOutput, RunContext
 from motionserve.errors import ModelUnavailableError
 
 MODEL_MANAGERS_CREATED = 0
@@ -24,6 +25,7 @@ class EchoInput(EndpointInput):
     file_url: str | None = None
     steps: int = 3
     step_s: float = 0.0
+    gate: str | None = None  # pending outputs: the encoder waits for a file at this path to exist
 
 
 class EchoOutput(BaseModel):
@@ -80,15 +82,42 @@ def save(inputs: EchoInput, ctx: RunContext) -> SaveOutput:
     return SaveOutput(video=ctx.save_output(inputs.message.encode(), content_type="video/mp4", file_name="out.mp4"))
 
 
-def _endpoint(name: str, run: Any, output: type[BaseModel] = EchoOutput) -> Endpoint:
+def save_later(inputs: EchoInput, ctx: RunContext) -> PendingOutput[SaveOutput]:
+    """Like `save`, leaving the file to the runner's encoder, which waits for `gate` first."""
+    ctx.log("handler returned")
+
+    def encode() -> bytes:
+        deadline = time.monotonic() + 60
+        while inputs.gate and not Path(inputs.gate).exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return inputs.message.encode()
+
+    return PendingOutput(encode=encode, content_type="video/mp4", file_name="out.mp4",
+                         finish=lambda file: SaveOutput(video=file))
+
+
+def encoder_crash(inputs: EchoInput, ctx: RunContext) -> PendingOutput[SaveOutput]:
+    def encode() -> bytes:
+        raise RuntimeError("H.264 encoding (libx264) failed: [Errno 12] Cannot allocate memory")
+
+    return PendingOutput(encode=encode, content_type="video/mp4", file_name="out.mp4",
+                         finish=lambda file: SaveOutput(video=file))
+
+
+def _not_called(inputs: EchoInput, ctx: RunContext) -> BaseModel:
+    raise AssertionError("the runner calls run_pending when an endpoint has it")
+
+
+def _endpoint(name: str, run: Any, output: type[BaseModel] = EchoOutput, run_pending: Any = None) -> Endpoint:
     return Endpoint(endpoint_id=f"test/{name}", title=name, description=name, input_model=EchoInput,
-                    output_model=output, run=run)
+                    output_model=output, run=run, run_pending=run_pending)
 
 
 ENDPOINTS = {e.endpoint_id: e for e in (
     _endpoint("echo", echo), _endpoint("stubborn", stubborn), _endpoint("broken", broken),
     _endpoint("unavailable", unavailable), _endpoint("save", save, SaveOutput), _endpoint("read", read),
-    _endpoint("preview", preview),
+    _endpoint("preview", preview), _endpoint("save_later", _not_called, SaveOutput, save_later),
+    _endpoint("encoder_crash", _not_called, SaveOutput, encoder_crash),
 )}
 
 

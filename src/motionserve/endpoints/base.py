@@ -3,14 +3,16 @@
 An endpoint is a pydantic `Input`, a pydantic `Output`, an optional `check` for rules pydantic cannot
 express (frame caps), and a `run` function. `run` receives a `RunContext` implemented by the job
 runner: it logs progress, polls for cancellation, reads input files and stores output files without
-knowing where the request came from.
+knowing where the request came from. An endpoint may also offer `run_pending`, which stops before its
+output file is encoded and returns a `PendingOutput`: the runner then encodes and stores the file off
+the model's critical path while the next request denoises.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Callable, Generic, Mapping, Protocol, TypeVar, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -116,6 +118,32 @@ class RunContext(Protocol):
         fail the request."""
 
 
+OutputT = TypeVar("OutputT", bound=BaseModel)
+
+
+class SaveOutput(Protocol):
+    def __call__(self, data: bytes, *, content_type: str, file_name: str) -> File: ...
+
+
+@dataclass(frozen=True)
+class PendingOutput(Generic[OutputT]):
+    """A handler's outcome whose output file is still to be made: `encode()` returns the file's bytes (an
+    MP4 of the finished frames, which it holds), `finish(file)` builds the output around the stored file.
+
+    The job runner calls them on a thread of its own, so that the model is free for the next request
+    while the file is encoded; the request completes only once the file is stored."""
+
+    encode: Callable[[], bytes]
+    content_type: str
+    file_name: str
+    finish: Callable[[File], OutputT]
+
+    def complete(self, save: SaveOutput) -> OutputT:
+        """Encode, store with `save` (a `RunContext.save_output`), and build the output."""
+        data = self.encode()
+        return self.finish(save(data, content_type=self.content_type, file_name=self.file_name))
+
+
 class EndpointInput(BaseModel):
     """Base for inputs: unknown fields are ignored, as fal's endpoints do."""
 
@@ -134,6 +162,8 @@ class Endpoint:
     tags: tuple[str, ...] = field(default_factory=tuple)
     # The ModelManager group (a `ModelManagerLike.loaded()` name) whose pipelines `run` uses; None: no model.
     pipeline_group: str | None = None
+    # `run` up to its output file: `run(inputs, ctx)` is `run_pending(inputs, ctx).complete(ctx.save_output)`.
+    run_pending: Callable[[Any, RunContext], PendingOutput[Any]] | None = None
 
     def validate(self, payload: Any, limits: Limits) -> BaseModel:
         """Parse a JSON payload into the input model; raise fal-shaped InputValidationError."""

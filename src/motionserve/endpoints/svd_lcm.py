@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, Field
 
-from motionserve.endpoints.base import Endpoint, EndpointInput, File
+from motionserve.endpoints._video import pending_mp4
+from motionserve.endpoints.base import Endpoint, EndpointInput, File, PendingOutput
 from motionserve.errors import InputValidationError
 
 if TYPE_CHECKING:
@@ -117,7 +118,7 @@ def fit_image(image: "Image.Image", size: tuple[int, int]) -> "Image.Image":
     return ImageOps.fit(image, size, method=PILImage.Resampling.LANCZOS, centering=(0.5, 0.5))
 
 
-def run(inputs: Input, ctx: "RunContext") -> Output:
+def run_pending(inputs: Input, ctx: "RunContext") -> PendingOutput[Output]:
     from motionserve.endpoints._animatediff import make_generator, step_callback
     from motionserve.inference import video_io
 
@@ -162,11 +163,13 @@ def run(inputs: Input, ctx: "RunContext") -> Output:
         pipe.scheduler.noise_generator = None
     frames = result.frames[0]
 
-    # 5. Encode the MP4 at the requested rate and store it.
+    # 5. The MP4 at the requested rate, encoded and stored by the runner.
     ctx.raise_if_cancelled()
-    video = video_io.encode_mp4(list(frames), fps=inputs.fps)
-    file = ctx.save_output(video, content_type="video/mp4", file_name="output.mp4")
-    return Output(video=file, seed=seed)
+    return pending_mp4(frames, inputs.fps, ctx, lambda file: Output(video=file, seed=seed))
+
+
+def run(inputs: Input, ctx: "RunContext") -> Output:
+    return run_pending(inputs, ctx).complete(ctx.save_output)
 
 
 ENDPOINT = Endpoint(
@@ -178,4 +181,5 @@ ENDPOINT = Endpoint(
     run=run,
     tags=("image-to-video", "svd", "lcm"),
     pipeline_group="svd_lcm",
+    run_pending=run_pending,
 )

@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, Field
 
-from motionserve.endpoints.base import Endpoint, EndpointInput, File, Limits
+from motionserve.endpoints._video import pending_mp4
+from motionserve.endpoints.base import Endpoint, EndpointInput, File, Limits, PendingOutput
 from motionserve.errors import InputValidationError
 
 if TYPE_CHECKING:
@@ -153,14 +154,14 @@ def generate(inputs: Input, ctx: "RunContext") -> tuple["np.ndarray", int]:
     return result.frames[0], seed
 
 
-def run(inputs: Input, ctx: "RunContext") -> Output:
-    from motionserve.inference.video_io import encode_mp4
-
+def run_pending(inputs: Input, ctx: "RunContext") -> PendingOutput[Output]:
     frames, seed = generate(inputs, ctx)
-    # 6. Encode at the requested rate and store.
-    video = encode_mp4(list(frames), fps=inputs.fps)
-    file = ctx.save_output(video, content_type="video/mp4", file_name="output.mp4")
-    return Output(video=file, seed=seed)
+    # 6. The MP4 at the requested rate, encoded and stored by the runner.
+    return pending_mp4(frames, inputs.fps, ctx, lambda file: Output(video=file, seed=seed))
+
+
+def run(inputs: Input, ctx: "RunContext") -> Output:
+    return run_pending(inputs, ctx).complete(ctx.save_output)
 
 
 ENDPOINT = Endpoint(
@@ -173,4 +174,5 @@ ENDPOINT = Endpoint(
     check=check,
     tags=("animation", "text-to-video"),
     pipeline_group="animatediff",
+    run_pending=run_pending,
 )

@@ -20,13 +20,15 @@ LoRA (adapter "lcm", from `ctx.models.turbo()`). Decisions:
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from contextlib import ExitStack, contextmanager
 from typing import TYPE_CHECKING, Iterator
 
 from pydantic import BaseModel, Field
 
-from motionserve.endpoints.base import Endpoint, EndpointInput, File
+from motionserve.endpoints._video import pending_mp4
+from motionserve.endpoints.base import Endpoint, EndpointInput, File, PendingOutput
 from motionserve.errors import InputValidationError
 
 if TYPE_CHECKING:
@@ -106,7 +108,7 @@ def _timed(timings: dict[str, float], stage: str) -> Iterator[None]:
         timings[stage] = round(time.perf_counter() - start, 4)
 
 
-def run(inputs: Input, ctx: "RunContext") -> Output:
+def run_pending(inputs: Input, ctx: "RunContext") -> PendingOutput[Output]:
     from motionserve.endpoints._animatediff import configure_context_windows, fit_to_area, make_generator, step_callback
     from motionserve.endpoints._user_loras import user_loras
     from motionserve.inference import video_io
@@ -170,13 +172,27 @@ def run(inputs: Input, ctx: "RunContext") -> Output:
             )
     frames = result.frames[0]
 
-    # 5. Encode at the sampled clip's rate and store.
+    # 5. The MP4 at the sampled clip's rate, encoded and stored by the runner (timed when it does).
     ctx.raise_if_cancelled()
-    with _timed(timings, "encode"):
-        video = video_io.encode_mp4(list(frames), fps=clip.fps)
-    with _timed(timings, "upload"):
-        file = ctx.save_output(video, content_type="video/mp4", file_name="output.mp4")
-    return Output(video=file, seed=seed, timings=timings)
+    encoded_at: list[float] = []
+
+    def finish(file: File) -> Output:
+        timings["upload"] = round(time.perf_counter() - encoded_at[-1], 4)
+        return Output(video=file, seed=seed, timings=timings)
+
+    mp4 = pending_mp4(frames, clip.fps, ctx, finish)
+
+    def encode() -> bytes:
+        with _timed(timings, "encode"):
+            data = mp4.encode()
+        encoded_at.append(time.perf_counter())
+        return data
+
+    return dataclasses.replace(mp4, encode=encode)
+
+
+def run(inputs: Input, ctx: "RunContext") -> Output:
+    return run_pending(inputs, ctx).complete(ctx.save_output)
 
 
 ENDPOINT = Endpoint(
@@ -188,4 +204,5 @@ ENDPOINT = Endpoint(
     run=run,
     tags=("video-to-video", "animatediff", "turbo"),
     pipeline_group="turbo",
+    run_pending=run_pending,
 )

@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, Field
 
-from motionserve.endpoints.base import Endpoint, EndpointInput, File, Limits
+from motionserve.endpoints._video import pending_mp4
+from motionserve.endpoints.base import Endpoint, EndpointInput, File, Limits, PendingOutput
 from motionserve.endpoints.text_to_video import DEFAULT_NEGATIVE_PROMPT, Motion
 from motionserve.errors import InputValidationError
 
@@ -131,14 +132,14 @@ def generate(inputs: Input, ctx: "RunContext") -> tuple["np.ndarray", float, int
     return result.frames[0], clip.fps, seed
 
 
-def run(inputs: Input, ctx: "RunContext") -> Output:
-    from motionserve.inference.video_io import encode_mp4
-
+def run_pending(inputs: Input, ctx: "RunContext") -> PendingOutput[Output]:
     frames, fps, seed = generate(inputs, ctx)
-    # 4. Encode at the sampling rate and store.
-    video = encode_mp4(list(frames), fps=fps)
-    file = ctx.save_output(video, content_type="video/mp4", file_name="output.mp4")
-    return Output(video=file, seed=seed)
+    # 4. The MP4 at the sampling rate, encoded and stored by the runner.
+    return pending_mp4(frames, fps, ctx, lambda file: Output(video=file, seed=seed))
+
+
+def run(inputs: Input, ctx: "RunContext") -> Output:
+    return run_pending(inputs, ctx).complete(ctx.save_output)
 
 
 ENDPOINT = Endpoint(
@@ -151,4 +152,5 @@ ENDPOINT = Endpoint(
     check=check,
     tags=("animation", "stylized", "video-to-video"),
     pipeline_group="animatediff",
+    run_pending=run_pending,
 )

@@ -15,7 +15,8 @@ Decisions worth knowing:
 - Display rotation (portrait phone videos) and EXIF orientation are applied: returned frames are
   upright, and `width`/`height` are the displayed size.
 - `encode_mp4` writes H.264 yuv420p with the moov atom first (+faststart); odd sizes are padded by one
-  pixel (edge replicated), because 4:2:0 chroma needs even dimensions.
+  pixel (edge replicated), because 4:2:0 chroma needs even dimensions; `h264_encoder_for(device)` picks
+  NVENC for outputs made on a CUDA device when FFmpeg has it, libx264 otherwise.
 """
 
 from __future__ import annotations
@@ -29,9 +30,9 @@ import av
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from motionserve.inference.frame_sampling import EPS, NearestSampler, StreamClock
-from motionserve.inference.video_encode import encode_mp4, to_rgb
+from motionserve.inference.video_encode import encode_mp4, h264_encoder_for, to_rgb
 
-__all__ = ["DecodedVideo", "MediaDecodeError", "VideoInfo", "decode_image", "decode_video", "encode_mp4", "probe_video"]
+__all__ = ["DecodedVideo", "MediaDecodeError", "VideoInfo", "decode_image", "decode_video", "encode_mp4", "h264_encoder_for", "probe_video"]
 
 DEFAULT_MAX_PIXELS = 4096 * 4096
 # Without an explicit `max_frames`, more output frames than this is refused rather than held in memory.

@@ -59,6 +59,15 @@ class Preview:
 
 
 @dataclass(frozen=True)
+class OutputPending:
+    """The handler returned and the model is free for the next job; the job's output file is being
+    encoded and stored by the model process, and its `Done` follows when it is (or when that failed)."""
+
+    job_id: str
+    warm: tuple[str, ...] | None = None  # as in `Done`
+
+
+@dataclass(frozen=True)
 class Done:
     """The handler returned or raised. Exactly one of result / error / cancelled describes how."""
 
@@ -70,4 +79,4 @@ class Done:
     warm: tuple[str, ...] | None = None  # endpoint ids whose pipelines the process now has loaded
 
 
-ChildEvent = Ready | StartupFailed | Log | Preview | Done
+ChildEvent = Ready | StartupFailed | Log | Preview | OutputPending | Done

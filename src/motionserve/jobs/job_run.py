@@ -16,6 +16,14 @@ outcome. Every way a run can end is one of the `_end_*` methods at the bottom:
   to the queue for another worker;
 - the lease was lost (the store gave the job to someone else): the handler is stopped and its
   outcome discarded.
+
+A handler may return before its output file is stored (`OutputPending`: the model process encodes and
+stores it on a thread while it runs the next job). The run then ends for the model, not for the job:
+the supervisor keeps it among its `FinishingRuns`, which go on heartbeating the lease and watching for
+cancellation and the time limit until the job's `Done` arrives, so the job completes only once its
+file is stored. Cancelling it, or its time limit, ends it at once (there is no handler left to stop,
+and the model process is busy with another job: it is not killed); its late `Done` is then ignored.
+If the model process dies or is stopped first, the job fails like any job of a dead model process.
 """
 
 from __future__ import annotations
@@ -27,7 +35,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from motionserve.jobs.child import ChildGone, ModelProcess
-from motionserve.jobs.events import Done, Log, Preview
+from motionserve.jobs.events import ChildEvent, Done, Log, OutputPending, Preview
 from motionserve.jobs.models import Job, error_dict
 from motionserve.jobs.protocols import WorkerStore
 
@@ -53,6 +61,7 @@ class RunOutcome:
 
     keep_child: bool
     warm: tuple[str, ...] | None = None  # endpoint ids warm in the model process, when it said
+    output_pending: bool = False  # the handler returned; the job ends when its output is stored
 
 
 class JobRun:
@@ -66,8 +75,13 @@ class JobRun:
         stop: threading.Event,
         on_finished: Callable[[Job, dict[str, Any], float], None] = lambda job, outcome, run_time_s: None,
         on_heartbeat: Callable[[], None] = lambda: None,
+        finishing: FinishingRuns | None = None,
     ) -> None:
         self.job, self.child, self.store, self.worker_id = job, child, store, worker_id
+        # Earlier jobs of this model process whose outputs are still being stored: their events come
+        # through the same pipe, and their leases need heartbeats while this job runs.
+        self.finishing = finishing if finishing is not None else FinishingRuns()
+        self.output_pending = False
         self.limits, self.stop = limits, stop
         self.on_finished = on_finished
         self.on_heartbeat = on_heartbeat  # the supervisor refreshes its registry row: it is alive, and busy
@@ -98,21 +112,35 @@ class JobRun:
     def _watch(self) -> RunOutcome:
         while True:
             event = self.child.receive(RECEIVE_S)
-            if isinstance(event, Log) and event.job_id == self.job.id:
-                self.pending_logs.append((event.level, event.message, event.timestamp))
-                if len(self.pending_logs) >= LOG_BATCH:
-                    self._flush_logs()
-            elif isinstance(event, Preview) and event.job_id == self.job.id:
-                self._record_preview(event)
-            elif isinstance(event, Done) and event.job_id == self.job.id:
-                return self._end_done(event)
-            elif event is None and not self.child.is_alive():
+            if event is None and not self.child.is_alive():
                 raise ChildGone(self.child.exit_description())
-            ended = self._tick(time.monotonic())
+            if event is not None and getattr(event, "job_id", None) != self.job.id:
+                self.finishing.handle(event)
+                event = None
+            ended = self.handle(event) if event is not None else None
+            now = time.monotonic()
+            self.finishing.tick(now)
+            if ended is None:
+                ended = self.tick(now)
             if ended is not None:
                 return ended
 
-    def _tick(self, now: float) -> RunOutcome | None:
+    def handle(self, event: ChildEvent) -> RunOutcome | None:
+        """Take one event of this job; an outcome when it ends the run (or the handler's part of it)."""
+        if isinstance(event, Log):
+            self.pending_logs.append((event.level, event.message, event.timestamp))
+            if len(self.pending_logs) >= LOG_BATCH:
+                self._flush_logs()
+        elif isinstance(event, Preview):
+            self._record_preview(event)
+        elif isinstance(event, OutputPending) and not self.output_pending:
+            self.output_pending = True
+            return RunOutcome(keep_child=True, warm=event.warm, output_pending=True)
+        elif isinstance(event, Done):
+            return self._end_done(event)
+        return None
+
+    def tick(self, now: float) -> RunOutcome | None:
         """Periodic duties; an outcome when one of them ends the run."""
         if now >= self.next_flush:
             self._flush_logs()
@@ -130,6 +158,8 @@ class JobRun:
             self.stop_seen_at = now
         if self.stop_seen_at is not None and now - self.stop_seen_at > self.limits.drain_timeout_s:
             return self._end_drained()
+        if self.cancel_sent_at is not None and self.output_pending:
+            return self._end_cancelled_while_storing()
         if self.cancel_sent_at is not None and now - self.cancel_sent_at > self.limits.cancel_grace_s:
             return self._end_cancel_ignored()
         if self.limits.job_timeout_s and now - self.started > self.limits.job_timeout_s:
@@ -148,7 +178,8 @@ class JobRun:
     def _ask_handler_to_stop(self, reason: str) -> None:
         if self.cancel_sent_at is None:
             log.info("request %s: %s; stopping the handler", self.job.id, reason)
-            self.child.cancel_event.set()
+            if not self.output_pending:  # else the event would stop the next job's handler
+                self.child.cancel_event.set()
             self.cancel_sent_at = time.monotonic()
 
     def _record_preview(self, preview: Preview) -> None:
@@ -183,6 +214,12 @@ class JobRun:
         log.info("request %s: worker stopping; returned it to the queue", self.job.id)
         return RunOutcome(keep_child=False)
 
+    def _end_cancelled_while_storing(self) -> RunOutcome:
+        # The model process is already on another job: its stored file, if any, expires unreferenced.
+        self._flush_logs()
+        self._finish(cancelled=True)
+        return RunOutcome(keep_child=True)
+
     def _end_cancel_ignored(self) -> RunOutcome:
         log.warning("request %s: handler ignored cancellation for %.0f s; killing the model process",
                     self.job.id, self.limits.cancel_grace_s)
@@ -192,11 +229,14 @@ class JobRun:
 
     def _end_timed_out(self) -> RunOutcome:
         limit = self.limits.job_timeout_s
-        log.warning("request %s: ran longer than %.0f s; killing the model process", self.job.id, limit)
+        # Once the handler has returned, the model process is on the next job: an encoder stuck for good
+        # stalls that one's hand-over, which its own time limit then ends.
+        log.warning("request %s: ran longer than %.0f s%s", self.job.id, limit,
+                    " while its output was stored" if self.output_pending else "; killing the model process")
         self._flush_logs()
         detail = f"Request ran longer than this server's limit of {limit:g} s"
         self._finish(error=error_dict(504, detail, "request_timeout"))
-        return RunOutcome(keep_child=False)
+        return RunOutcome(keep_child=self.output_pending)
 
     # -- store calls that must not end the supervisor -------------------------------------
 
@@ -229,3 +269,49 @@ class JobRun:
 
 
 _FAILED: Any = object()  # marker: the store call raised (distinct from a None result)
+
+
+class FinishingRuns:
+    """The runs of one model process whose handler returned while their output is still being stored.
+
+    The model process bounds them (jobs/outputs.py: one being encoded, one waiting). Whoever reads the
+    model process's pipe hands their events to `handle` and calls `tick` often: the running job's
+    `JobRun`, or the supervisor, idle, through `pump`."""
+
+    def __init__(self) -> None:
+        self._runs: dict[str, JobRun] = {}
+
+    def __len__(self) -> int:
+        return len(self._runs)
+
+    def add(self, run: JobRun) -> None:
+        run.on_heartbeat = lambda: None  # the worker's registry row shows the job that runs now
+        self._runs[run.job.id] = run
+
+    def handle(self, event: ChildEvent) -> None:
+        run = self._runs.get(getattr(event, "job_id", ""))
+        if run is not None and run.handle(event) is not None:
+            del self._runs[run.job.id]
+
+    def tick(self, now: float) -> None:
+        for job_id, run in list(self._runs.items()):
+            if run.tick(now) is not None:
+                del self._runs[job_id]
+
+    def pump(self, child: ModelProcess, timeout_s: float, wake: threading.Event | None = None) -> None:
+        """Read the model process's events for up to `timeout_s`, until none is left or `wake` is set.
+        Raises ChildGone if the model process died."""
+        deadline = time.monotonic() + timeout_s
+        while self._runs and not (wake is not None and wake.is_set()) and time.monotonic() < deadline:
+            event = child.receive(RECEIVE_S)
+            if event is None and not child.is_alive():
+                raise ChildGone(child.exit_description())
+            if event is not None:
+                self.handle(event)
+            self.tick(time.monotonic())
+
+    def end_all(self, reason: str) -> None:
+        """The model process is gone, and their outputs with it."""
+        for run in self._runs.values():
+            run._end_child_died(reason)
+        self._runs.clear()

@@ -3,8 +3,10 @@
 It imports the endpoints once, builds the warm-pipeline holder (`ctx.models`) on first use, then
 serves `RunJob` messages one at a time and answers each with `Done`. Everything a handler may ask
 of the service goes through `JobContext` (the `RunContext` of endpoints/base.py); live previews are
-stored off the handler's thread, by `PreviewPublisher`. The process ends
-on `Shutdown`, on pipe EOF, or as soon as its supervisor process dies.
+stored off the handler's thread, by `PreviewPublisher`. An endpoint with `run_pending` leaves its output
+file to `OutputEncoder` (jobs/outputs.py): the process answers `OutputPending` and takes the next job
+while the file is encoded and stored, and the `Done` follows from the encoder. The process ends on
+`Shutdown` (once pending outputs are stored), on pipe EOF, or as soon as its supervisor process dies.
 """
 
 from __future__ import annotations
@@ -26,8 +28,9 @@ from typing import Any, Callable
 from motionserve.config import Settings
 from motionserve.endpoints.base import File, Limits
 from motionserve.errors import FetchError, InputValidationError, JobCancelledError, MotionserveError
-from motionserve.jobs.events import ChildEvent, Done, Log, Preview, Ready, RunJob, Shutdown, StartupFailed
+from motionserve.jobs.events import ChildEvent, Done, Log, OutputPending, Preview, Ready, RunJob, Shutdown, StartupFailed
 from motionserve.jobs.models import Job, error_dict
+from motionserve.jobs.outputs import OutputEncoder, OutputJob
 from motionserve.storage import FileStore, open_file_store
 
 DEFAULT_REGISTRY = "motionserve.endpoints.registry"
@@ -208,14 +211,17 @@ class _Models:
         return tuple(warm_endpoints(self._manager)) if self._manager is not None else ()
 
 
-def run_job(job: Job, registry: ModuleType, ctx: JobContext) -> Done:
-    """Validate the stored input, run the handler, and turn its outcome into a `Done`."""
+def run_job(job: Job, registry: ModuleType, ctx: JobContext) -> Done | OutputJob:
+    """Validate the stored input, run the handler, and turn its outcome into a `Done`, or into the
+    `OutputJob` that stores its output when the endpoint leaves that for later (`run_pending`)."""
     endpoint = registry.get(job.endpoint_id)
     if endpoint is None:
         return Done(job.id, error=error_dict(404, f"Endpoint {job.endpoint_id!r} is not served here", "bad_request"))
     try:
         inputs = endpoint.validate(job.input, ctx.limits)
         started = time.perf_counter()
+        if endpoint.run_pending is not None:
+            return OutputJob(job.id, endpoint.run_pending(inputs, ctx), ctx.save_output, started, warm=None)
         output = endpoint.run(inputs, ctx)
         elapsed = time.perf_counter() - started
         return Done(job.id, result=output.model_dump(mode="json", exclude_none=True), inference_time=elapsed)
@@ -255,6 +261,7 @@ def child_main(
         raise SystemExit(1)
     sender = Sender(conn)
     previews = PreviewPublisher(files, sender)
+    outputs = OutputEncoder(sender.send)
     sender.send(Ready(os.getpid()))
     while True:
         try:
@@ -262,11 +269,17 @@ def child_main(
         except (EOFError, OSError):
             return  # the supervisor closed the pipe
         if isinstance(message, Shutdown):
+            outputs.drain()  # finished requests complete before the process goes
             return
         if isinstance(message, RunJob):
             ctx = JobContext(message.job, settings, sender, cancel_event, models, files, previews)
             try:
-                done = run_job(message.job, registry, ctx)
-                sender.send(dataclasses.replace(done, warm=models.warm_endpoints()))
+                outcome = run_job(message.job, registry, ctx)
+                warm = models.warm_endpoints()
+                if isinstance(outcome, OutputJob):
+                    outputs.submit(dataclasses.replace(outcome, warm=warm))  # waits while the encoder is behind
+                    sender.send(OutputPending(message.job.id, warm=warm))
+                else:
+                    sender.send(dataclasses.replace(outcome, warm=warm))
             except (BrokenPipeError, EOFError, OSError):
                 return

@@ -5,6 +5,8 @@ sure a model process is ready, say in the worker registry that it is alive, clai
 rather run (see `ClaimPreference`), and hand it to a `JobRun` (jobs/job_run.py), which watches it to
 the end. A fresh model process is started after every kill or crash. Idle, it sleeps until the
 change watcher says a job was queued (LISTEN/NOTIFY on PostgreSQL), with a slow timer as fallback.
+Jobs whose handler returned while their output file is still being stored (`FinishingRuns`) are
+watched meanwhile: by the next job's `JobRun`, or, idle, by the supervisor itself.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from motionserve import __version__
 from motionserve.config import Settings
 from motionserve.jobs.changes import RESYNC, Change, ChangeWatcher
 from motionserve.jobs.child import ChildGone, ModelProcess
-from motionserve.jobs.job_run import JobRun, RunLimits
+from motionserve.jobs.job_run import FinishingRuns, JobRun, RunLimits
 from motionserve.jobs.models import ClaimPreference, Job, WorkerRecord
 from motionserve.jobs.protocols import WorkerStore
 from motionserve.jobs.runner import DEFAULT_REGISTRY
@@ -72,6 +74,7 @@ class WorkerSupervisor:
         self._next_start_at = 0.0
         self._warm: frozenset[str] = frozenset()
         self._recent_hints: deque[str] = deque(maxlen=RECENT_HINTS)
+        self._finishing = FinishingRuns()
         self._wake = threading.Event()
         self._idle_wait_s = IDLE_POLL_S
         if changes is not None:
@@ -98,6 +101,9 @@ class WorkerSupervisor:
                     self._discard_child()
         finally:
             if self._child is not None:
+                # Outputs still being stored: their jobs complete, or go back to the queue after the drain timeout.
+                self._watch_finishing(self.limits.drain_timeout_s + 1.0, wake=None)
+            if self._child is not None:
                 self._child.stop()
                 self._child = None
             self.presence.stopped()
@@ -118,9 +124,19 @@ class WorkerSupervisor:
             log.exception("worker %s: store unavailable; retrying", self.worker_id)
             stop.wait(1.0)
             return None
-        if job is None:
+        if job is None and self._finishing:
+            self._watch_finishing(self._idle_wait_s, wake=self._wake)
+        elif job is None:
             self._wake.wait(self._idle_wait_s)
         return job
+
+    def _watch_finishing(self, timeout_s: float, wake: threading.Event | None) -> None:
+        """Idle: take the model process's events for the jobs whose outputs it is storing."""
+        assert self._child is not None
+        try:
+            self._finishing.pump(self._child, timeout_s, wake)
+        except ChildGone:
+            self._discard_child()
 
     def _preference(self) -> ClaimPreference:
         return ClaimPreference(self._warm, frozenset(self._recent_hints), self.settings.warm_claim_max_wait_s)
@@ -133,8 +149,11 @@ class WorkerSupervisor:
         def still_busy() -> None:  # with each lease heartbeat: a long job must not make us look vanished
             self.presence.beat("busy", current_job=job.id, warm=self._warm)
 
-        outcome = JobRun(job, self._child, self.store, self.worker_id, self.limits, stop, _record_metrics,
-                         on_heartbeat=still_busy).execute()
+        run = JobRun(job, self._child, self.store, self.worker_id, self.limits, stop, _record_metrics,
+                     on_heartbeat=still_busy, finishing=self._finishing)
+        outcome = run.execute()
+        if outcome.output_pending:
+            self._finishing.add(run)
         if outcome.warm is not None:
             self._warm = frozenset(outcome.warm)
         if not outcome.keep_child:
@@ -168,7 +187,11 @@ class WorkerSupervisor:
 
     def _discard_child(self) -> None:
         if self._child is not None:
+            alive = self._child.is_alive()
             self._child.kill()
+            # The outputs it was storing are lost with it.
+            self._finishing.end_all(self._child.exit_description() if not alive else
+                                    "model process was stopped before the output was stored")
             self._child = None
         self._warm = frozenset()
 
