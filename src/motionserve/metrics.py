@@ -23,7 +23,7 @@ import logging
 import os
 from typing import Iterable, Iterator
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest, start_http_server
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest, start_http_server
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
@@ -59,6 +59,12 @@ JOB_FAILURES = Counter(
 )
 STORED_BYTES = Counter(
     "motionserve_stored_bytes", "Bytes this process wrote to file storage, by kind (upload | output).", ["kind"],
+)
+# Each one is an open status stream or a waiting /run request: a count that never falls back to the
+# number of clients really connected is a leak (the fault tests watch it across client disconnects).
+JOB_WAITERS = Gauge(
+    "motionserve_job_waiters", "Status streams and /run requests of this process waiting for job changes.",
+    multiprocess_mode="livesum",
 )
 
 

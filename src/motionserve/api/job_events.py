@@ -20,6 +20,7 @@ import anyio
 from motionserve.jobs.changes import RESYNC, Change, ChangeWatcher
 from motionserve.jobs.protocols import JobStore
 from motionserve.jobs.store import ChangeKind
+from motionserve.metrics import JOB_WAITERS
 
 UNWATCHED_WAIT_S = 0.2  # no watcher running: behave like the old poll
 WATCHED_FALLBACK_S = 15.0  # a watcher runs: a slow timer only in case a notification was lost
@@ -86,9 +87,11 @@ class JobEvents:
     def subscribe(self, job_id: str) -> Iterator[Subscription]:
         subscription = Subscription(job_id, self.watcher)
         self._by_job[job_id].add(subscription)
+        JOB_WAITERS.inc()
         try:
             yield subscription
         finally:
+            JOB_WAITERS.dec()
             subscribers = self._by_job.get(job_id)
             if subscribers is not None:
                 subscribers.discard(subscription)

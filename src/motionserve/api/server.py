@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("motionserve")
 
 ADMIN_KEY_FILE = "admin-key.txt"
+KEEP_ALIVE_S = 5  # an idle kept-alive connection is closed after this (uvicorn's default, said here)
 
 
 def detect_devices() -> tuple[str, ...]:
@@ -178,6 +179,7 @@ def serve(settings: Settings) -> None:
     import uvicorn
 
     from motionserve.api.app import create_app
+    from motionserve.api.http_protocol import BoundedHeadProtocol
 
     if bool(settings.tls_cert) != bool(settings.tls_key):
         raise SystemExit("--tls-cert and --tls-key go together")
@@ -201,6 +203,8 @@ def serve(settings: Settings) -> None:
         ssl_certfile=str(settings.tls_cert) if settings.tls_cert else None,
         ssl_keyfile=str(settings.tls_key) if settings.tls_key else None,
         timeout_graceful_shutdown=5,  # SSE streams would otherwise hold shutdown open
+        http=BoundedHeadProtocol,  # a request's headers must arrive in time and stay small (slow loris)
+        timeout_keep_alive=KEEP_ALIVE_S,
         log_level="info",
     )
     scheme = "https" if settings.tls_cert else "http"
