@@ -127,7 +127,9 @@ def test_concurrent_submits_of_one_owner_on_two_nodes_are_still_spread_out(store
     assert [store.claim("w", 30).id for _ in range(2)].count(newcomer.id) == 1  # type: ignore[union-attr]
 
 
-def test_running_limit_holds_under_concurrent_claimers_and_the_rest_run_later(store: Store, db_url: str) -> None:
+@pytest.mark.parametrize("prefer", [None, ClaimPreference(warm_endpoints=frozenset({T2V}))], ids=["plain", "warm-preference"])
+def test_running_limit_holds_under_concurrent_claimers_and_the_rest_run_later(store: Store, db_url: str,
+                                                                              prefer: ClaimPreference | None) -> None:
     owners = ["alice"] * 8 + ["bob"] * 3 + ["carol"]
     ids = {submit(store, owner).id for owner in owners}
     finished: list[str] = []
@@ -136,7 +138,7 @@ def test_running_limit_holds_under_concurrent_claimers_and_the_rest_run_later(st
         claimed: list[Job] = []
 
         def claimer(node: Store, i: int) -> None:
-            while (job := node.claim(f"w{i}", 30, max_running_per_owner=2)) is not None:
+            while (job := node.claim(f"w{i}", 30, prefer=prefer, max_running_per_owner=2)) is not None:
                 with lock:
                     claimed.append(job)
 
@@ -191,3 +193,18 @@ def test_submit_rate_holds_across_nodes_submitting_at_once(store: Store, db_url:
 
     concurrently(db_url, 4, burst)
     assert len(accepted) == 5
+
+
+def test_a_workers_preference_picks_among_the_head_of_the_queue_only(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sorting the whole queue by each worker's taste in every claim does not scale (bench/README.md,
+    claim cost): the preference reorders the first PREFERENCE_WINDOW jobs in queue order."""
+    import motionserve.jobs.store as store_module
+
+    monkeypatch.setattr(store_module, "PREFERENCE_WINDOW", 2)
+    svd = "fal-ai/fast-svd-lcm"
+    cold = [submit(store, "alice"), submit(store, "alice")]
+    warm = submit(store, "alice", endpoint_id=svd)
+    prefer = ClaimPreference(warm_endpoints=frozenset({svd}), max_wait_s=30)
+    assert store.claim("w", 30, prefer=prefer).id == cold[0].id  # type: ignore[union-attr]  # warm is third: not yet
+    assert store.claim("w", 30, prefer=prefer).id == warm.id  # type: ignore[union-attr]  # now in the window: first
+    assert store.claim("w", 30, prefer=prefer, max_running_per_owner=5).id == cold[1].id  # type: ignore[union-attr]

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Collection, Iterable, Iterator, Sequence
 
-from sqlalchemy import Connection, Double, Engine, and_, case, cast, delete, extract, func, insert, literal, or_, select, update
+from sqlalchemy import Connection, Double, Engine, and_, any_, case, cast, delete, extract, func, insert, literal, or_, select, update
 from sqlalchemy.sql import ColumnElement
 
 from motionserve import database as schema
@@ -415,21 +415,26 @@ class Store(KeysMixin, WebhookQueueMixin, WorkerRegistryMixin):
         """The id and owner of the queued job `claim` takes next, locked (skipping rows other
         claimers hold), and whether it is past its start deadline."""
         now = self._now_sql()
-        query = select(jobs.c.id, jobs.c.owner, (jobs.c.start_deadline < now).label("late")).where(
-            jobs.c.state == JobState.QUEUED.value
-        )
-        if endpoint_ids is not None:
-            query = query.where(jobs.c.endpoint_id.in_(list(endpoint_ids)))
-        if limit is not None:
-            # The running set is small (one row per busy worker): a cheap anti-join.
-            at_limit = (
-                select(jobs.c.owner).where(jobs.c.state == JobState.RUNNING.value)
-                .group_by(jobs.c.owner).having(func.count() >= limit.max_running)
+        query = select(jobs.c.id, jobs.c.owner, (jobs.c.start_deadline < now).label("late"))
+        if prefer is None:
+            query = query.where(*_claimable(jobs, endpoint_ids, limit)).order_by(*_QUEUE_ORDER)
+        else:
+            # The preference reorders the head of the queue, not all of it: ordering every queued
+            # job by it is a sort of the whole queue in every claim (~70 ms at 12 000 queued), the
+            # head an index range whose rows are then looked up by primary key.
+            head = jobs.alias("head")
+            window = (
+                select(head.c.seq).where(*_claimable(head, endpoint_ids, limit))
+                .order_by(head.c.priority, head.c.fair_seq, head.c.seq).limit(PREFERENCE_WINDOW)
             )
-            query = query.where(jobs.c.owner.not_in(at_limit))
-            if limit.passed_over:
-                query = query.where(jobs.c.owner.not_in(sorted(limit.passed_over)))
-        return self._locking(query.order_by(*_claim_order(prefer, now)).limit(1), skip_locked=True)
+            if self._is_postgres:
+                # `= ANY(ARRAY(...))`: `IN (...)` would be a hash join over the whole table. The state
+                # again: PostgreSQL re-checks it on a row a concurrent claim took meanwhile, and skips it.
+                in_window = and_(jobs.c.seq == any_(func.array(window.scalar_subquery())), jobs.c.state == JobState.QUEUED.value)
+            else:
+                in_window = jobs.c.seq.in_(window)  # one writer at a time: the window is still all queued
+            query = query.where(in_window).order_by(*_claim_order(prefer, now))
+        return self._locking(query.limit(1), skip_locked=True)
 
     def _owner_has_room(self, conn: Connection, owner: str, limit: OwnerLimit) -> bool:
         """PostgreSQL: whether `owner` may start one more job, checked under its claim lock (claimers
@@ -663,6 +668,26 @@ class OwnerLimit:
 
 # The queue's order without a worker's preference: what queue positions count in (ix_jobs_fair_queue).
 _QUEUE_ORDER = (jobs.c.priority, jobs.c.fair_seq, jobs.c.seq)
+# A worker's preference picks among this many jobs at the head of the queue (in queue order).
+PREFERENCE_WINDOW = 256
+
+
+def _claimable(table: Any, endpoint_ids: Iterable[str] | None, limit: OwnerLimit | None) -> list[ColumnElement[bool]]:
+    """What makes a row of `table` (jobs, or an alias of it) a job this claim may take."""
+    conditions = [table.c.state == JobState.QUEUED.value]
+    if endpoint_ids is not None:
+        conditions.append(table.c.endpoint_id.in_(list(endpoint_ids)))
+    if limit is not None:
+        # The running set is small (one row per busy worker): a cheap anti-join.
+        running = jobs.alias("running")
+        at_limit = (
+            select(running.c.owner).where(running.c.state == JobState.RUNNING.value)
+            .group_by(running.c.owner).having(func.count() >= limit.max_running)
+        )
+        conditions.append(table.c.owner.not_in(at_limit))
+        if limit.passed_over:
+            conditions.append(table.c.owner.not_in(sorted(limit.passed_over)))
+    return conditions
 
 
 def _claim_order(prefer: ClaimPreference | None, now: ColumnElement[float]) -> list[Any]:
