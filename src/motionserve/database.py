@@ -12,9 +12,10 @@ and one failing later with "database is locked" on upgrade.
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 from sqlalchemy import (
     JSON,
@@ -36,7 +37,11 @@ from sqlalchemy import (
     create_engine,
     event,
 )
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 WRITE_OPTION = "motionserve_write"  # execution option: this transaction writes
 SQLITE_BUSY_TIMEOUT_S = 30.0
@@ -238,3 +243,27 @@ def db_now(conn: Connection) -> float:
     if conn.dialect.name == "postgresql":
         return float(conn.exec_driver_sql("SELECT extract(epoch from clock_timestamp())::float8").scalar_one())
     return time.time()
+
+
+def unreachable(exc: BaseException) -> bool:
+    """The database cannot be reached (down, restarting, the connection dropped, the pool exhausted),
+    as opposed to a statement it refused."""
+    if isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError)):
+        return True
+    return isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated
+
+
+def retry_while_unreachable(call: Callable[[], T], *, for_s: float, what: str) -> T:
+    """`call()`, called again with backoff while it fails only because the database is unreachable,
+    for up to `for_s` seconds; after that, or on any other error, the error is raised."""
+    deadline = time.monotonic() + for_s
+    delay = 0.5
+    while True:
+        try:
+            return call()
+        except sa_exc.SQLAlchemyError as exc:
+            if not unreachable(exc) or time.monotonic() + delay > deadline:
+                raise
+            log.warning("%s: database unreachable (%s); retrying in %.1f s", what, str(exc).splitlines()[0], delay)
+        time.sleep(delay)
+        delay = min(delay * 2, 5.0)

@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from motionserve.database import unreachable
 from motionserve.errors import InputValidationError, MotionserveError, StorageFullError, is_disk_full
 
 log = logging.getLogger(__name__)
@@ -100,17 +101,9 @@ async def _request_validation(_: Request, exc: Exception) -> JSONResponse:
     return error_response(422, errors)
 
 
-def _database_unreachable(exc: sa_exc.SQLAlchemyError) -> bool:
-    """The database cannot be reached (down, restarting, connection dropped, pool exhausted), as
-    opposed to a statement it refused (a bug: a 500)."""
-    if isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError)):
-        return True
-    return isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated
-
-
 async def _database_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, sa_exc.SQLAlchemyError)
-    if not _database_unreachable(exc):
+    if not unreachable(exc):  # a statement the database refused: a bug, a 500
         return await _unhandled(request, exc)
     # One line, no traceback: during an outage every request lands here.
     log.warning("%s %s: database unreachable: %s", request.method, request.url.path, str(exc).splitlines()[0])

@@ -26,6 +26,7 @@ from types import ModuleType
 from typing import Any, Callable
 
 from motionserve.config import Settings
+from motionserve.database import retry_while_unreachable
 from motionserve.endpoints.base import File, Limits
 from motionserve.errors import FetchError, InputValidationError, JobCancelledError, MotionserveError
 from motionserve.jobs.events import ChildEvent, Done, Log, OutputPending, Preview, Ready, RunJob, Shutdown, StartupFailed
@@ -166,8 +167,14 @@ class JobContext:
 
     def save_output(self, data: bytes, *, content_type: str, file_name: str) -> File:
         retention = self._job.file_retention_s or self._settings.file_retention_s
-        stored = self._files.put(
-            data, content_type=content_type, file_name=file_name, expires_at=time.time() + retention, kind="output"
+        # A finished output is worth waiting for through a database restart, though not past the
+        # lease: by then the job may have been handed to another worker.
+        stored = retry_while_unreachable(
+            lambda: self._files.put(
+                data, content_type=content_type, file_name=file_name, expires_at=time.time() + retention, kind="output"
+            ),
+            for_s=self._settings.lease_s,
+            what=f"request {self._job.id}: storing its output",
         )
         return File(
             url=self._files.file_url(self._job.base_url, stored),
