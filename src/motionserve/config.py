@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 MB = 1024 * 1024
@@ -65,6 +65,11 @@ class Settings(BaseSettings):
     # this many denoising steps (more often for short schedules), at most two a second.
     previews: bool = True
     preview_every_steps: int = Field(5, ge=1)
+    # AnimateDiff clips longer than the motion modules' 32 frames are denoised in sliding windows of
+    # `context_length` frames, neighbours sharing `context_overlap` frames (AnimateDiff-Evolved's
+    # defaults). More overlap: smoother seams between windows, more motion-module work.
+    context_length: int = Field(16, ge=2, le=32)
+    context_overlap: int = Field(4, ge=0)
 
     @field_validator("devices", "tls_names", mode="before")
     @classmethod
@@ -72,6 +77,12 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return tuple(p.strip() for p in value.split(",") if p.strip()) or None
         return value
+
+    @model_validator(mode="after")
+    def _overlap_below_length(self) -> "Settings":
+        if self.context_overlap >= self.context_length:
+            raise ValueError(f"context_overlap ({self.context_overlap}) must be below context_length ({self.context_length})")
+        return self
 
     @property
     def resolved_database_url(self) -> str:

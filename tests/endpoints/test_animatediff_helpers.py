@@ -18,6 +18,7 @@ from motionserve.endpoints._animatediff import (
     step_callback,
 )
 from motionserve.errors import JobCancelledError
+from motionserve.inference.context_windows import BatchedWindowsBlock, ContextWindows
 
 
 @pytest.mark.parametrize(
@@ -100,16 +101,21 @@ def _free_noise_blocks(pipe: Any) -> int:
 
 def test_context_windows_follow_the_frame_count(tiny_models: Any) -> None:
     pipe = tiny_models.text_to_video()
-    assert configure_context_windows(pipe, 16) is False and _free_noise_blocks(pipe) == 0
-    assert configure_context_windows(pipe, 33) is True and pipe.free_noise_enabled
-    blocks = _free_noise_blocks(pipe)
-    assert blocks > 0
-    assert configure_context_windows(pipe, 48) is True and _free_noise_blocks(pipe) == blocks  # idempotent
+    windows = tiny_models.context_windows
+    assert configure_context_windows(pipe, 16, windows) is False and _free_noise_blocks(pipe) == 0
+    assert configure_context_windows(pipe, 33, windows) is True and pipe.free_noise_enabled
+    blocks = [m for m in pipe.unet.modules() if isinstance(m, FreeNoiseTransformerBlock)]
+    assert blocks and all(isinstance(b, BatchedWindowsBlock) for b in blocks)
+    assert {(b.context_length, b.context_stride) for b in blocks} == {(16, 12)}  # the defaults: overlap 4
+    # Idempotent, and other settings reach the same blocks.
+    assert configure_context_windows(pipe, 48, ContextWindows(length=12, overlap=6)) is True
+    assert [m for m in pipe.unet.modules() if isinstance(m, FreeNoiseTransformerBlock)] == blocks
+    assert {(b.context_length, b.context_stride) for b in blocks} == {(12, 6)}
     # Shared UNet: the v2v pipeline sees windows it did not enable and turns them off.
     v2v = tiny_models.video_to_video()
-    assert configure_context_windows(v2v, 32) is False
+    assert configure_context_windows(v2v, 32, windows) is False
     assert _free_noise_blocks(pipe) == 0
-    configure_context_windows(pipe, 8)
+    configure_context_windows(pipe, 8, windows)
     assert not pipe.free_noise_enabled
 
 

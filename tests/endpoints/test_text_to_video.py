@@ -199,18 +199,27 @@ def test_motion_frames_equal_diffusers_with_the_motion_loras_loaded(ctx: Any) ->
 # -- long clips, cancellation, defaults --------------------------------------------------------------
 
 
-def test_more_than_32_frames_use_context_windows_and_match_diffusers_freenoise(ctx: Any, probe_mp4: Any) -> None:
+def test_more_than_32_frames_use_batched_windows_and_match_diffusers_looped_freenoise(ctx: Any, probe_mp4: Any) -> None:
+    """40 frames in windows of 16 overlapping by 4 (the defaults: windows at 0, 12, 24), all windows of a
+    block in one call, give diffusers' FreeNoise frames, which loops over the windows."""
     import torch
+    from diffusers.models.attention import FreeNoiseTransformerBlock
+
+    from motionserve.inference.context_windows import BatchedWindowsBlock
 
     inputs = make_input(num_frames=40, negative_prompt="blurry")
     frames, seed = t2v.generate(inputs, ctx)
     assert frames.shape[0] == 40
     assert any("FreeNoise" in line for line in ctx.logs)
-
     pipe = ctx.models.text_to_video()
+    assert any(isinstance(m, BatchedWindowsBlock) for m in pipe.unet.modules())
+
+    pipe.disable_free_noise()  # the UNet is shared: diffusers' own blocks for the reference
     plain = plain_pipeline(pipe)
-    plain.enable_free_noise(context_length=16, context_stride=4)
+    windows = ctx.models.context_windows
+    plain.enable_free_noise(context_length=windows.length, context_stride=windows.stride)
     try:
+        assert any(type(m) is FreeNoiseTransformerBlock for m in plain.unet.modules())
         expected = plain(
             prompt=inputs.prompt, negative_prompt="blurry", num_frames=40, height=64, width=64,
             num_inference_steps=2, guidance_scale=7.5, generator=torch.Generator("cpu").manual_seed(seed),
@@ -219,6 +228,10 @@ def test_more_than_32_frames_use_context_windows_and_match_diffusers_freenoise(c
     finally:
         plain.disable_free_noise()
     np.testing.assert_allclose(frames, expected, atol=1e-4)
+
+    # Same seed and settings again: the very same frames.
+    again, _ = t2v.generate(make_input(num_frames=40, negative_prompt="blurry", seed=seed), ctx)
+    assert np.array_equal(frames, again)
 
     # A short request afterwards runs without windows again: same as before any long request.
     short_a, _ = t2v.generate(make_input(), ctx)

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
 
     from motionserve.endpoints.base import RunContext
+    from motionserve.inference.context_windows import ContextWindows
     from motionserve.inference.previews import Layout
 
 log = logging.getLogger(__name__)
@@ -27,8 +28,6 @@ log = logging.getLogger(__name__)
 # The motion modules were trained on at most this many frames (v1-5-2 and AnimateLCM:
 # motion_max_seq_length 32); longer clips need FreeNoise's sliding context windows.
 DEFAULT_MAX_SEQ_LENGTH = 32
-CONTEXT_LENGTH = 16
-CONTEXT_STRIDE = 4
 
 # fal's endpoints document seeds as plain integers; torch generators take 64-bit seeds.
 _SEED_SPACE = 2**64
@@ -90,8 +89,9 @@ def max_motion_frames(pipe: "DiffusionPipeline") -> int:
     return int(getattr(config, "motion_max_seq_length", None) or DEFAULT_MAX_SEQ_LENGTH)
 
 
-def configure_context_windows(pipe: "DiffusionPipeline", num_frames: int) -> bool:
-    """Enable FreeNoise context windows for clips longer than the motion modules allow, else disable them.
+def configure_context_windows(pipe: "DiffusionPipeline", num_frames: int, windows: "ContextWindows") -> bool:
+    """Enable FreeNoise context windows (`windows`: the operator's length and overlap) for clips longer
+    than the motion modules allow, else disable them.
 
     Must be called BEFORE LoRAs are loaded into the motion modules: FreeNoise swaps those transformer
     blocks for new modules and copies plain weights, which LoRA-wrapped layers do not have. Returns True
@@ -103,7 +103,7 @@ def configure_context_windows(pipe: "DiffusionPipeline", num_frames: int) -> boo
     active = any(isinstance(m, FreeNoiseTransformerBlock) for m in pipe.unet.modules())
     if want:
         # Idempotent: already-swapped blocks just get their window settings refreshed.
-        pipe.enable_free_noise(context_length=CONTEXT_LENGTH, context_stride=CONTEXT_STRIDE)
+        pipe.enable_free_noise(context_length=windows.length, context_stride=windows.stride)
     elif active or pipe.free_noise_enabled:
         pipe.disable_free_noise()
     return want

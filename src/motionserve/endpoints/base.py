@@ -23,6 +23,8 @@ if TYPE_CHECKING:
     import torch
     from diffusers import AnimateDiffPipeline, AnimateDiffVideoToVideoPipeline, DiffusionPipeline
 
+    from motionserve.inference.context_windows import ContextWindows
+
 
 class File(BaseModel):
     """fal's `File` output type."""
@@ -55,6 +57,10 @@ class ModelManagerLike(Protocol):
     @property
     def dtype(self) -> "torch.dtype":
         """The pipelines' precision (fp16 on CUDA, fp32 on CPU)."""
+
+    @property
+    def context_windows(self) -> "ContextWindows":
+        """Window length and overlap for AnimateDiff clips longer than the motion modules' frames."""
 
     def text_to_video(self) -> "AnimateDiffPipeline":
         """AnimateDiff (SD1.5 + motion adapter v1-5-2); group "animatediff"."""

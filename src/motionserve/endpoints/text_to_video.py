@@ -126,7 +126,7 @@ def generate(inputs: Input, ctx: "RunContext") -> tuple["np.ndarray", int]:
     ctx.raise_if_cancelled()
 
     # 2. Context windows for long clips (before any LoRA wraps the motion modules).
-    windows = configure_context_windows(pipe, inputs.num_frames)
+    windows = configure_context_windows(pipe, inputs.num_frames, ctx.models.context_windows)
     ctx.log(f"{inputs.num_frames} frames at {width}x{height}" + (", FreeNoise context windows" if windows else ""))
 
     # 3. Camera motions as LoRAs on the motion modules, for this request only.

@@ -139,7 +139,7 @@ def run_pending(inputs: Input, ctx: "RunContext") -> PendingOutput[Output]:
     # 2. The warm pipeline; FreeNoise windows for long clips (before LoRAs touch the motion modules).
     with _timed(timings, "load"):
         pipe = ctx.models.turbo()
-    windows = configure_context_windows(pipe, len(clip.frames))
+    windows = configure_context_windows(pipe, len(clip.frames), ctx.models.context_windows)
     ctx.log(
         f"{len(clip.frames)} frames at {width}x{height}, {clip.fps:g} fps"
         + (", FreeNoise context windows" if windows else "")

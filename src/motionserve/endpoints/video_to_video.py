@@ -103,7 +103,7 @@ def generate(inputs: Input, ctx: "RunContext") -> tuple["np.ndarray", float, int
 
     # 2. The warm pipeline (shares its modules with text-to-video); windows for long clips.
     pipe = ctx.models.video_to_video()
-    windows = configure_context_windows(pipe, len(clip.frames))
+    windows = configure_context_windows(pipe, len(clip.frames), ctx.models.context_windows)
     ctx.log(
         f"{len(clip.frames)} frames at {width}x{height}, {clip.fps:g} fps" + (", FreeNoise context windows" if windows else "")
     )

@@ -1,4 +1,8 @@
-"""diffusers' AnimateDiff pipelines, with one gap filled: precomputed prompt embeddings under FreeNoise.
+"""diffusers' AnimateDiff pipelines, with FreeNoise's windows batched and precomputed prompt embeddings.
+
+FreeNoise (`enable_free_noise`) swaps the motion modules' transformer blocks for windowed ones; these
+pipelines swap in `context_windows.BatchedWindowsBlock`, which runs all windows of a block in one call
+instead of diffusers' loop over them, with the same weights and results.
 
 The endpoints encode prompts themselves (A1111-style weights, `prompt_weighting`) and pass
 `prompt_embeds`/`negative_prompt_embeds`. diffusers 0.42 refuses embeddings once FreeNoise is enabled
@@ -13,9 +17,34 @@ from typing import Any
 
 import torch
 from diffusers import AnimateDiffPipeline, AnimateDiffVideoToVideoPipeline
+from diffusers.models.unets.unet_motion_model import CrossAttnDownBlockMotion, DownBlockMotion, UpBlockMotion
+
+from motionserve.inference.context_windows import BatchedWindowsBlock, ContextWindows
 
 
-class _FreeNoisePrecomputedEmbeds:
+class _MotionserveFreeNoise:
+    _free_noise_context_length: int
+    _free_noise_context_stride: int
+    _free_noise_weighting_scheme: str
+
+    def _enable_free_noise_in_block(  # type: ignore[override]
+        self, block: CrossAttnDownBlockMotion | DownBlockMotion | UpBlockMotion
+    ) -> None:
+        # diffusers' version of this makes its looped FreeNoiseTransformerBlock; the rest of
+        # enable/disable_free_noise (noise shuffling, prompt layout, turning blocks back) is unchanged.
+        windows = ContextWindows(
+            self._free_noise_context_length, self._free_noise_context_length - self._free_noise_context_stride
+        )
+        for motion_module in block.motion_modules:
+            blocks = motion_module.transformer_blocks
+            for i, transformer_block in enumerate(blocks):
+                if isinstance(transformer_block, BatchedWindowsBlock):
+                    transformer_block.set_free_noise_properties(
+                        windows.length, windows.stride, self._free_noise_weighting_scheme
+                    )
+                else:
+                    blocks[i] = BatchedWindowsBlock.from_basic(transformer_block, windows, self._free_noise_weighting_scheme)
+
     def _encode_prompt_free_noise(  # type: ignore[override]
         self,
         prompt: Any,
@@ -46,9 +75,9 @@ class _FreeNoisePrecomputedEmbeds:
         return torch.cat([negative, positive]), negative
 
 
-class MotionserveAnimateDiffPipeline(_FreeNoisePrecomputedEmbeds, AnimateDiffPipeline):
-    """AnimateDiffPipeline accepting prompt embeddings with FreeNoise enabled."""
+class MotionserveAnimateDiffPipeline(_MotionserveFreeNoise, AnimateDiffPipeline):
+    """AnimateDiffPipeline with batched context windows, accepting prompt embeddings with FreeNoise enabled."""
 
 
-class MotionserveAnimateDiffVideoToVideoPipeline(_FreeNoisePrecomputedEmbeds, AnimateDiffVideoToVideoPipeline):
-    """AnimateDiffVideoToVideoPipeline accepting prompt embeddings with FreeNoise enabled."""
+class MotionserveAnimateDiffVideoToVideoPipeline(_MotionserveFreeNoise, AnimateDiffVideoToVideoPipeline):
+    """AnimateDiffVideoToVideoPipeline with batched context windows, accepting prompt embeddings with FreeNoise enabled."""

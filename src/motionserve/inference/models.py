@@ -20,6 +20,7 @@ import torch
 
 from motionserve.config import Settings
 from motionserve.errors import ModelUnavailableError
+from motionserve.inference.context_windows import ContextWindows
 from motionserve.inference.weights import Checkpoints, LoraSourceError, load_checkpoints, lora_weights_file, resolve_lora_source
 
 if TYPE_CHECKING:
@@ -48,6 +49,7 @@ class ModelManager:
         *,
         lora_dir: Path | None = None,
         max_lora_bytes: int | None = None,
+        context_windows: ContextWindows = ContextWindows(),
     ) -> None:
         self.device = torch.device(device)
         # Half precision on GPUs (how the checkpoints are meant to run); CPUs are slow and inexact in fp16.
@@ -55,6 +57,7 @@ class ModelManager:
         self.memory_budget_bytes = memory_budget_bytes
         self.lora_dir = lora_dir  # the only place user LoRAs given as local paths may come from
         self.max_lora_bytes = max_lora_bytes
+        self.context_windows = context_windows  # the endpoints' windows for long AnimateDiff clips
         self.checkpoints: Checkpoints = load_checkpoints(weights, tiny_root=Path(cache_dir) / "tiny")
         self._groups: OrderedDict[str, dict[str, Any]] = OrderedDict()  # group -> {"size": bytes, pipeline name -> pipe}
         self._motion_loras: dict[str, dict[str, torch.Tensor]] = {}
@@ -72,6 +75,7 @@ class ModelManager:
         return cls(
             settings.weights, settings.models_dir, device, budget,
             lora_dir=settings.user_lora_dir, max_lora_bytes=settings.max_fetch_bytes,
+            context_windows=ContextWindows(settings.context_length, settings.context_overlap),
         )
 
     # -- pipelines ---------------------------------------------------------------------------------
