@@ -23,8 +23,9 @@ from .test_durability import assert_completed_with_video, stored_job
 
 pytestmark = pytest.mark.e2e
 
-# Long enough on any machine to still be running when the database goes away and comes back.
-LONG_T2V: dict[str, Any] = {**SMALL_T2V, "num_inference_steps": 40, "video_size": {"width": 96, "height": 96}}
+# Running for a few seconds: usually still running when the database comes back. One that finishes
+# during the outage must complete too (its output waits for the database), so this is not a race.
+LONG_T2V: dict[str, Any] = {**SMALL_T2V, "num_inference_steps": 30}
 OUTAGE_S = 4.0  # shorter than the lease (30 s): the worker keeps its job through it
 ANSWER_TIMEOUT_S = 30.0  # a request during the outage must be answered within this (not hang)
 
@@ -67,10 +68,10 @@ def test_database_restart_mid_run(server_factory, postgres: PrivatePostgres) -> 
         for job in jobs:
             assert_completed_with_video(client, server, job)
         # Nothing ran twice: the running request kept its lease through the outage, and its
-        # denoising steps were logged once each (a second run would log "step 1/40" again).
+        # denoising steps were logged once each, none lost (lines are kept until the store takes them).
         assert [stored_job(server, job.request_id).attempts for job in jobs] == [1, 1, 1, 1]
         steps = step_numbers(client.status(jobs[0], logs=True).get("logs"))
-        assert steps and steps == sorted(set(steps)), steps
+        assert steps == list(range(1, LONG_T2V["num_inference_steps"] + 1)), steps
         assert "unhandled error" not in server.process.log()  # every API error was the 503 above
     finally:
         client.close()

@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 
 LOG_FLUSH_S = 0.5
 LOG_BATCH = 200
+MAX_UNFLUSHED_LOGS = 10 * LOG_BATCH
 CANCEL_POLL_S = 0.5
 RECEIVE_S = 0.1
 
@@ -191,7 +192,11 @@ class JobRun:
     def _flush_logs(self) -> None:
         if self.pending_logs and not self.lease_lost:
             lines = list(self.pending_logs)
-            self._store_call("append_logs", lambda: self.store.append_logs(self.job.id, lines))
+            if self._store_call("append_logs", lambda: self.store.append_logs(self.job.id, lines)) is _FAILED:
+                # Kept for the next flush: a database restart must not cut a hole in the request's
+                # logs. Bounded: an outage that outlasts this many lines loses the oldest.
+                del self.pending_logs[:-MAX_UNFLUSHED_LOGS]
+                return
         self.pending_logs.clear()
 
     # -- the ways a run ends ------------------------------------------------------------------
