@@ -29,6 +29,8 @@ def _worker_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--storage-url", help="s3://bucket[/prefix] for files (default: local files in the data dir)")
     p.add_argument("--weights", help="'real', 'tiny' (small random models, for tests) or a JSON checkpoint map")
     p.add_argument("--devices", help="comma-separated, e.g. cuda:0,cuda:1 or cpu (default: every GPU, else cpu)")
+    p.add_argument("--preload", help="pipelines to load before taking jobs, comma-separated: t2v, v2v, turbo, svd-lcm "
+                   "or endpoint ids (default: none, each loads on its first request)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -100,7 +102,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     """Settings from the environment with the flags that were given on top."""
     overrides: dict[str, Any] = {}
     for name in ("host", "port", "data_dir", "database_url", "storage_url", "tls_cert", "tls_key", "tls", "tls_names", "weights",
-                 "public_url", "allow_private_urls", "max_frames", "metrics_port"):
+                 "public_url", "allow_private_urls", "max_frames", "metrics_port", "preload"):
         value = getattr(args, name, None)
         if value is not None:
             overrides[name] = value
@@ -109,6 +111,18 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     if getattr(args, "no_workers", None):
         overrides["workers_in_process"] = False
     return Settings.from_env(**overrides)
+
+
+def _preload_names_known(settings: Settings) -> bool:
+    """Checked before anything starts: a typo must not wait for a model process to be reported."""
+    from motionserve.endpoints.registry import preload_endpoints
+
+    try:
+        preload_endpoints(settings.preload)
+    except ValueError as exc:
+        print(f"motionserve: bad setting MOTIONSERVE_PRELOAD: {exc}", file=sys.stderr)
+        return False
+    return True
 
 
 def _keys(args: argparse.Namespace, settings: Settings) -> int:
@@ -214,6 +228,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for error in exc.errors():
             name = ".".join(str(p) for p in error["loc"])
             print(f"motionserve: bad setting MOTIONSERVE_{name.upper()}: {error['msg']}", file=sys.stderr)
+        return 2
+    if args.command in ("serve", "worker") and not _preload_names_known(settings):
         return 2
     if args.command == "serve":
         from motionserve.api.server import serve

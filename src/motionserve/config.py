@@ -59,6 +59,9 @@ class Settings(BaseSettings):
     submit_rate_per_min: int = Field(0, ge=0)
     lora_dir: Path | None = None  # where user LoRAs given as local paths may come from; default data_dir/loras
     memory_budget_gb: float | None = None  # GPU memory for warm pipelines; None: the device's total
+    # Pipelines each worker loads before it reports ready and claims its first job (fal's keep_alive):
+    # short names (t2v, v2v, turbo, svd-lcm) or endpoint ids, checked by `endpoints.registry.preload_endpoints`.
+    preload: Annotated[tuple[str, ...], NoDecode] = ()
     auto_migrate: bool = True  # upgrade the database schema on start
     metrics_port: int | None = None  # `motionserve worker`: serve /metrics on this port
     # Live previews of running jobs (status `preview: {url, step}`): a cheap latent->RGB image every
@@ -76,6 +79,13 @@ class Settings(BaseSettings):
     def _split_devices(cls, value: Any) -> Any:
         if isinstance(value, str):
             return tuple(p.strip() for p in value.split(",") if p.strip()) or None
+        return value
+
+    @field_validator("preload", mode="before")
+    @classmethod
+    def _split_preload(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(p.strip() for p in value.split(",") if p.strip())
         return value
 
     @model_validator(mode="after")

@@ -21,9 +21,12 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Iterable, Iterator
+import threading
+from socketserver import ThreadingMixIn
+from typing import Any, Callable, Iterable, Iterator
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest, start_http_server
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest, make_wsgi_app
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
@@ -202,8 +205,29 @@ def render(*collectors: Collector) -> bytes:
     return generate_latest(registry)
 
 
-def serve_worker_metrics(port: int) -> None:
-    """Serve this process's instruments on http://0.0.0.0:`port`/metrics from a daemon thread, for a
-    `motionserve worker`, which has no HTTP server of its own (its fleet state is on the API's /metrics)."""
-    start_http_server(port, registry=process_collector())
-    log.info("worker metrics on port %d", port)
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # probes every few seconds: not worth a log line
+        pass
+
+
+class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+def serve_worker_http(port: int, ready: Callable[[], bool]) -> None:
+    """For a `motionserve worker`, which has no API of its own, from a daemon thread on 0.0.0.0:`port`:
+    `/ready` (a readiness probe: 200 once `ready()`, i.e. every device's model process is up with its
+    preloads loaded; 503 before) and this process's instruments on any other path, as /metrics (its
+    fleet state is on the API's /metrics)."""
+    metrics = make_wsgi_app(process_collector())
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if environ.get("PATH_INFO") != "/ready":
+            return metrics(environ, start_response)
+        ok = ready()
+        start_response("200 OK" if ok else "503 Service Unavailable", [("Content-Type", "text/plain; charset=utf-8")])
+        return [b"ready\n" if ok else b"starting: model processes are loading\n"]
+
+    httpd = make_server("", port, app, _ThreadingWSGIServer, handler_class=_QuietHandler)
+    threading.Thread(target=httpd.serve_forever, name="worker-http", daemon=True).start()
+    log.info("worker metrics and readiness (/ready) on port %d", port)

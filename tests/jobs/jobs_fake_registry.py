@@ -2,7 +2,7 @@
 
 TEST HOOK ONLY: WorkerSupervisor(registry_module="jobs_fake_registry"). Small endpoints that
 exercise what the supervisor must handle (logs, cooperative and stubborn cancellation, errors,
-output files, outputs stored after the handler returned, previews) without torch.
+output files, outputs stored after the handler returned, previews, preloads) without torch.
 """
 
 from __future__ import annotations
@@ -128,7 +128,26 @@ def get(endpoint_id: str) -> Endpoint | None:
 def create_model_manager(settings: Any, device: str) -> Any:
     global MODEL_MANAGERS_CREATED
     MODEL_MANAGERS_CREATED += 1
-    return {"device": device}
+    return {"device": device, "data_dir": Path(settings.data_dir)}
+
+
+PRELOAD_STARTED = "preload-started"  # written in the data dir when a preload begins
+PRELOAD_GATE = "preload-gate"  # a preload finishes once the test creates this file there
+
+
+def preload(models: Any, names: Any) -> None:
+    """Like the real registry: unknown names are a ValueError, missing weights a ModelUnavailableError;
+    "loading" lasts until the test opens the gate, so that it can look at the worker meanwhile."""
+    for name in names:
+        if name == "test/missing-weights":
+            raise ModelUnavailableError("checkpoint 'sd15_base': local path /models/sd15 does not exist")
+        if name not in ENDPOINTS:
+            raise ValueError(f"unknown pipeline {name!r}")
+    data_dir = models["data_dir"]
+    (data_dir / PRELOAD_STARTED).touch()
+    deadline = time.monotonic() + 60
+    while not (data_dir / PRELOAD_GATE).exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
 
 
 def warm_endpoints(models: Any) -> list[str]:

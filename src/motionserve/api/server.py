@@ -19,12 +19,14 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from motionserve.config import Settings
 from motionserve.jobs.changes import ChangeWatcher
+from motionserve.jobs.child import PreloadError
 from motionserve.jobs.store import Store
 from motionserve.jobs.upkeep import Upkeep
 from motionserve import storage
 from motionserve.storage import FileStore, StorageConfigError
 
 if TYPE_CHECKING:
+    from motionserve.jobs.worker import WorkerSupervisor
     from motionserve.tls import LocalTls
 
 log = logging.getLogger("motionserve")
@@ -121,10 +123,15 @@ class _Service:
 
 
 class BackgroundServices:
-    """Threads that run beside the API, all stopped by one event."""
+    """Threads that run beside the API, all stopped by one event.
 
-    def __init__(self) -> None:
+    A worker that cannot preload its pipelines stops them all and leaves its one-line reason in
+    `failure`, for the process to exit non-zero with; `on_failure` also stops whatever else runs."""
+
+    def __init__(self, on_failure: Callable[[], None] | None = None) -> None:
         self.stop_event = threading.Event()
+        self.failure: str | None = None
+        self._on_failure = on_failure
         self._services: list[_Service] = []
 
     def add(self, name: str, target: Callable[[threading.Event], None]) -> None:
@@ -138,6 +145,11 @@ class BackgroundServices:
     def _run(self, service: _Service) -> None:
         try:
             service.target(self.stop_event)
+        except PreloadError as exc:  # already logged by the worker
+            self.failure = f"{service.name}: cannot preload: {exc}"
+            self.stop_event.set()
+            if self._on_failure is not None:
+                self._on_failure()
         except Exception:  # log it: a dead background thread must not be silent
             log.exception("background service %s stopped with an error", service.name)
 
@@ -157,15 +169,17 @@ class BackgroundServices:
                     service.thread.join(0.5)
 
 
-def add_workers(services: BackgroundServices, settings: Settings, store: Store, changes: ChangeWatcher) -> list[str]:
-    """A supervisor per device, woken by `changes` when work is queued; returns the devices."""
+def add_workers(
+    services: BackgroundServices, settings: Settings, store: Store, changes: ChangeWatcher
+) -> list["WorkerSupervisor"]:
+    """A supervisor per device, woken by `changes` when work is queued."""
     from motionserve.jobs.worker import WorkerSupervisor
 
-    devices = list(settings.devices or detect_devices())
-    for device in devices:
-        supervisor = WorkerSupervisor(settings, store, device, changes=changes)
-        services.add(f"worker-{device}", supervisor.run_forever)
-    return devices
+    supervisors = [WorkerSupervisor(settings, store, device, changes=changes)
+                   for device in settings.devices or detect_devices()]
+    for supervisor in supervisors:
+        services.add(f"worker-{supervisor.device}", supervisor.run_forever)
+    return supervisors
 
 
 def add_webhooks(services: BackgroundServices, settings: Settings, store: Store) -> None:
@@ -190,7 +204,8 @@ def serve(settings: Settings) -> None:
     ensure_admin_key(store, Path(settings.data_dir))
     file_store = open_file_store(settings)
     changes = ChangeWatcher(store)  # the app runs it; in-process workers listen to it too
-    services = BackgroundServices()
+    # A worker that cannot preload ends the whole server: it was configured to serve warm.
+    services = BackgroundServices(on_failure=lambda: setattr(server, "should_exit", True))
     if settings.workers_in_process:
         add_workers(services, settings, store, changes)
     add_webhooks(services, settings, store)
@@ -212,12 +227,15 @@ def serve(settings: Settings) -> None:
     if local_tls is not None:
         print_client_lines(settings, local_tls)
     _absorb_reraised_signals()
+    server = uvicorn.Server(config)
     services.start()
     try:
-        uvicorn.Server(config).run()
+        server.run()
     finally:
         services.stop()  # workers hand their running jobs back before the process ends
         store.close()
+    if services.failure is not None:
+        raise SystemExit(f"motionserve: {services.failure}")
 
 
 def _absorb_reraised_signals() -> None:
@@ -235,17 +253,18 @@ def _absorb_reraised_signals() -> None:
 
 
 def work(settings: Settings) -> None:
-    """Run worker supervisors only (no API), until SIGINT/SIGTERM."""
-    if settings.metrics_port is not None:
-        from motionserve.metrics import serve_worker_metrics
-
-        serve_worker_metrics(settings.metrics_port)
+    """Run worker supervisors only (no API), until SIGINT/SIGTERM; exits non-zero when one cannot preload."""
     store = open_store(settings)
     open_file_store(settings).close()  # a bad bucket stops the worker now, in one line, not each model process
     services = BackgroundServices()
     changes = ChangeWatcher(store)
     services.add("job-changes", changes.run_forever)
-    devices = add_workers(services, settings, store, changes)
+    supervisors = add_workers(services, settings, store, changes)
+    devices = [s.device for s in supervisors]
+    if settings.metrics_port is not None:
+        from motionserve.metrics import serve_worker_http
+
+        serve_worker_http(settings.metrics_port, ready=lambda: all(s.is_ready() for s in supervisors))
 
     def request_stop(signum: int, _: Any) -> None:
         log.info("received signal %d: stopping workers", signum)
@@ -260,3 +279,5 @@ def work(settings: Settings) -> None:
     finally:
         services.stop()
         store.close()
+    if services.failure is not None:
+        raise SystemExit(f"motionserve: {services.failure}")

@@ -80,6 +80,9 @@ class ModelManagerLike(Protocol):
     def resolve_lora(self, source: str) -> Path:
         """A user LoRA's weights file; raises a ValueError with a user-facing message when it cannot be had."""
 
+    def load(self, group: str) -> None:
+        """Load a pipeline group (an `Endpoint.pipeline_group` value) now, ahead of its first request."""
+
     def loaded(self) -> list[str]:
         """Names of the warm pipeline groups (the `Endpoint.pipeline_group` values), least recently used first."""
 

@@ -6,7 +6,7 @@ lazily inside `run`, so the API process never loads them.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterable
 
 from motionserve.endpoints import svd_lcm, text_to_video, turbo, video_to_video
 from motionserve.endpoints.base import Endpoint, ModelManagerLike
@@ -17,6 +17,14 @@ if TYPE_CHECKING:
 ENDPOINTS: dict[str, Endpoint] = {
     e.endpoint_id: e
     for e in (text_to_video.ENDPOINT, video_to_video.ENDPOINT, turbo.ENDPOINT, svd_lcm.ENDPOINT)
+}
+
+# Short names for `MOTIONSERVE_PRELOAD` (the benchmark's names too); endpoint ids are accepted as well.
+PRELOAD_NAMES: dict[str, str] = {
+    "t2v": text_to_video.ENDPOINT.endpoint_id,
+    "v2v": video_to_video.ENDPOINT.endpoint_id,
+    "turbo": turbo.ENDPOINT.endpoint_id,
+    "svd-lcm": svd_lcm.ENDPOINT.endpoint_id,
 }
 
 
@@ -45,3 +53,22 @@ def create_model_manager(settings: "Settings", device: str) -> ModelManagerLike:
     from motionserve.inference.models import ModelManager
 
     return ModelManager.from_settings(settings, device)
+
+
+def preload_endpoints(names: Iterable[str]) -> list[str]:
+    """The endpoint ids that `MOTIONSERVE_PRELOAD`'s names (short names or endpoint ids) stand for, in
+    order, without repeats. A ValueError names every unknown one and what is known."""
+    names = list(names)
+    ids = [PRELOAD_NAMES.get(name, name) for name in names]
+    unknown = [name for name, endpoint_id in zip(names, ids) if endpoint_id not in ENDPOINTS]
+    if unknown:
+        raise ValueError(f"unknown pipeline {', '.join(map(repr, unknown))}; known: {', '.join(PRELOAD_NAMES)} "
+                         f"or an endpoint id ({', '.join(ENDPOINTS)})")
+    return list(dict.fromkeys(ids))
+
+
+def preload(models: ModelManagerLike, names: Iterable[str]) -> None:
+    """Load the pipeline groups of the named endpoints into `models` (see `preload_endpoints`)."""
+    groups = [ENDPOINTS[e].pipeline_group for e in preload_endpoints(names)]
+    for group in dict.fromkeys(g for g in groups if g is not None):
+        models.load(group)

@@ -96,6 +96,13 @@ class ModelManager:
         """StableVideoDiffusionPipeline with the AnimateLCM-SVD UNet (built by `inference.svd`)."""
         return self._get("svd_lcm", "svd_lcm", self._load_svd_lcm)
 
+    def load(self, group: str) -> None:
+        """Load a pipeline group now (a worker's preload) rather than on its first request."""
+        getters: dict[str, Callable[[], Any]] = {
+            "animatediff": self.text_to_video, "turbo": self.turbo, "svd_lcm": self.svd_lcm,
+        }
+        getters[group]()
+
     def loaded(self) -> list[str]:
         """Warm groups, least recently used first."""
         with self._lock:

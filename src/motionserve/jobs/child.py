@@ -8,7 +8,7 @@ import signal
 from typing import Any
 
 from motionserve.config import Settings
-from motionserve.jobs.events import ChildEvent, Ready, RunJob, Shutdown, StartupFailed
+from motionserve.jobs.events import ChildEvent, PreloadFailed, Ready, RunJob, Shutdown, StartupFailed
 from motionserve.jobs.models import Job
 from motionserve.jobs.runner import DEFAULT_REGISTRY, child_main
 
@@ -27,6 +27,10 @@ CPU_MALLOC_ENV = {
 
 class ChildGone(Exception):
     """The model process closed its pipe or exited."""
+
+
+class PreloadError(Exception):
+    """The model process could not load the pipelines it was told to preload; its message is one line."""
 
 
 class ModelProcess:
@@ -50,6 +54,7 @@ class ModelProcess:
         child_conn.close()  # ours is the only other end: EOF on it means the child is gone
         self.ready = False
         self.startup_error: str | None = None
+        self.warm_at_start: tuple[str, ...] | None = None  # what its preload left loaded
 
     @property
     def pid(self) -> int | None:
@@ -59,12 +64,15 @@ class ModelProcess:
         return self.process.is_alive()
 
     def poll_ready(self, timeout: float) -> bool:
-        """Wait up to `timeout` for the Ready message; raises ChildGone if the child failed to start."""
+        """Wait up to `timeout` for the Ready message (sent once preloads are loaded); raises ChildGone
+        if the child failed to start, PreloadError if it could not preload."""
         if self.ready:
             return True
         event = self.receive(timeout)
         if isinstance(event, Ready):
-            self.ready = True
+            self.ready, self.warm_at_start = True, event.warm
+        elif isinstance(event, PreloadFailed):
+            raise PreloadError(event.message)
         elif isinstance(event, StartupFailed):
             self.startup_error = event.traceback
             raise ChildGone("the model process failed to start")

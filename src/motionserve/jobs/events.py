@@ -29,9 +29,18 @@ class Shutdown:
 
 @dataclass(frozen=True)
 class Ready:
-    """The process imported the endpoints and waits for jobs."""
+    """The process imported the endpoints, loaded the pipelines it was told to preload, and waits for jobs."""
 
     pid: int
+    warm: tuple[str, ...] | None = None  # as in `Done`: what the preload left loaded
+
+
+@dataclass(frozen=True)
+class PreloadFailed:
+    """A pipeline to preload cannot be had (unknown name, missing or broken checkpoints): a setting or
+    a models volume to fix, which restarting the process will not do. It exits next."""
+
+    message: str  # one line, for the operator
 
 
 @dataclass(frozen=True)
@@ -79,4 +88,4 @@ class Done:
     warm: tuple[str, ...] | None = None  # endpoint ids whose pipelines the process now has loaded
 
 
-ChildEvent = Ready | StartupFailed | Log | Preview | OutputPending | Done
+ChildEvent = Ready | PreloadFailed | StartupFailed | Log | Preview | OutputPending | Done

@@ -1,8 +1,8 @@
 """The model process: a long-lived child (multiprocessing *spawn*, so CUDA is safe) that runs handlers.
 
-It imports the endpoints once, builds the warm-pipeline holder (`ctx.models`) on first use, then
-serves `RunJob` messages one at a time and answers each with `Done`. Everything a handler may ask
-of the service goes through `JobContext` (the `RunContext` of endpoints/base.py); live previews are
+It imports the endpoints once, loads the pipelines it is told to preload (`Settings.preload`) before
+it says `Ready` (otherwise the warm-pipeline holder `ctx.models` loads each on first use), then serves
+`RunJob` messages one at a time and answers each with `Done`. Everything a handler may ask of the service goes through `JobContext` (the `RunContext` of endpoints/base.py); live previews are
 stored off the handler's thread, by `PreviewPublisher`. An endpoint with `run_pending` leaves its output
 file to `OutputEncoder` (jobs/outputs.py): the process answers `OutputPending` and takes the next job
 while the file is encoded and stored, and the `Done` follows from the encoder. The process ends on
@@ -28,8 +28,10 @@ from typing import Any, Callable
 from motionserve.config import Settings
 from motionserve.database import retry_while_unreachable
 from motionserve.endpoints.base import File, Limits
-from motionserve.errors import FetchError, InputValidationError, JobCancelledError, MotionserveError
-from motionserve.jobs.events import ChildEvent, Done, Log, OutputPending, Preview, Ready, RunJob, Shutdown, StartupFailed
+from motionserve.errors import FetchError, InputValidationError, JobCancelledError, ModelUnavailableError, MotionserveError
+from motionserve.jobs.events import (
+    ChildEvent, Done, Log, OutputPending, PreloadFailed, Preview, Ready, RunJob, Shutdown, StartupFailed,
+)
 from motionserve.jobs.models import Job, error_dict
 from motionserve.jobs.outputs import OutputEncoder, OutputJob
 from motionserve.storage import FileStore, open_file_store
@@ -40,6 +42,8 @@ INTERNAL_ERROR = error_dict(500, "Internal Server Error", "internal_error")
 PREVIEW_MIN_INTERVAL_S = 0.5
 # Previews matter while their job runs; an hour covers long runs and whoever looks a little later.
 PREVIEW_RETENTION_S = 3600
+# In the request's logs when its pipelines are loaded for it: why this one took longer than the next.
+COLD_START_LOG = "Loading this endpoint's pipelines on the worker (cold start); later requests find them warm"
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +125,10 @@ class JobContext:
         models: Callable[[], Any],
         files: FileStore,
         previews: PreviewPublisher,
+        *,
+        cold: bool = False,
     ) -> None:
+        """`cold`: the job's pipelines are not loaded yet; its log says so when the handler asks for them."""
         self.request_id = job.id
         self.limits = Limits(max_frames=settings.max_frames)
         self._job = job
@@ -132,10 +139,14 @@ class JobContext:
         self._files = files
         self._previews = previews
         self._last_preview = -float("inf")  # time.monotonic() of the last preview handed over
+        self._cold = cold
 
     @property
     def models(self) -> Any:
         # Built on first access: a handler that fails validation never pays for loading weights.
+        if self._cold:
+            self._cold = False  # said once per request
+            self.log(COLD_START_LOG)
         return self._models()
 
     def log(self, message: str, level: str = "INFO") -> None:
@@ -210,6 +221,16 @@ class _Models:
             self._manager = self._registry.create_model_manager(self._settings, self._device)
         return self._manager
 
+    def preload(self, names: tuple[str, ...]) -> None:
+        """Load the named endpoints' pipelines now (`Settings.preload`); nothing to do without names."""
+        if names:
+            self._registry.preload(self(), names)
+
+    def is_cold(self, endpoint_id: str) -> bool:
+        """Whether the endpoint's pipelines would be loaded for its next job (False when the registry cannot tell)."""
+        warm = self.warm_endpoints()
+        return warm is not None and endpoint_id not in warm
+
     def warm_endpoints(self) -> tuple[str, ...] | None:
         """Endpoints whose pipelines are loaded here (None: this registry cannot tell)."""
         warm_endpoints = getattr(self._registry, "warm_endpoints", None)
@@ -243,6 +264,21 @@ def run_job(job: Job, registry: ModuleType, ctx: JobContext) -> Done | OutputJob
         return Done(job.id, error=INTERNAL_ERROR)
 
 
+def _preload(conn: Connection, models: _Models, names: tuple[str, ...]) -> None:
+    """Load `names` before the process says it is ready. Weights that cannot be had (or a name that is
+    not an endpoint) are the operator's to fix: one line to the supervisor, and exit; anything else is
+    a start-up failure like any other, which the supervisor retries."""
+    try:
+        models.preload(names)
+    except (ModelUnavailableError, ValueError) as exc:
+        message = exc.message if isinstance(exc, MotionserveError) else str(exc)
+        conn.send(PreloadFailed(" ".join(message.split())))
+        raise SystemExit(1)
+    except BaseException:
+        conn.send(StartupFailed(traceback.format_exc()))
+        raise SystemExit(1)
+
+
 def _exit_with_parent() -> None:
     parent = mp.parent_process()
     if parent is not None:
@@ -266,10 +302,11 @@ def child_main(
     except BaseException:
         conn.send(StartupFailed(traceback.format_exc()))
         raise SystemExit(1)
+    _preload(conn, models, settings.preload)
     sender = Sender(conn)
     previews = PreviewPublisher(files, sender)
     outputs = OutputEncoder(sender.send)
-    sender.send(Ready(os.getpid()))
+    sender.send(Ready(os.getpid(), warm=models.warm_endpoints()))
     while True:
         try:
             message = conn.recv()
@@ -279,7 +316,8 @@ def child_main(
             outputs.drain()  # finished requests complete before the process goes
             return
         if isinstance(message, RunJob):
-            ctx = JobContext(message.job, settings, sender, cancel_event, models, files, previews)
+            ctx = JobContext(message.job, settings, sender, cancel_event, models, files, previews,
+                             cold=models.is_cold(message.job.endpoint_id))
             try:
                 outcome = run_job(message.job, registry, ctx)
                 warm = models.warm_endpoints()

@@ -23,7 +23,7 @@ from typing import Any, Iterable
 from motionserve import __version__
 from motionserve.config import Settings
 from motionserve.jobs.changes import RESYNC, Change, ChangeWatcher
-from motionserve.jobs.child import ChildGone, ModelProcess
+from motionserve.jobs.child import ChildGone, ModelProcess, PreloadError
 from motionserve.jobs.job_run import FinishingRuns, JobRun, RunLimits
 from motionserve.jobs.models import ClaimPreference, Job, WorkerRecord
 from motionserve.jobs.protocols import WorkerStore
@@ -72,6 +72,7 @@ class WorkerSupervisor:
         self._child: ModelProcess | None = None
         self._startup_failures = 0
         self._next_start_at = 0.0
+        self._child_started_at = 0.0
         self._warm: frozenset[str] = frozenset()
         self._recent_hints: deque[str] = deque(maxlen=RECENT_HINTS)
         self._finishing = FinishingRuns()
@@ -120,6 +121,8 @@ class WorkerSupervisor:
             self._wake.clear()
             job = self.store.claim(self.worker_id, self.limits.lease_s, self.endpoint_ids, self._preference(),
                                    max_running_per_owner=self.settings.max_running_per_key)
+        except PreloadError:
+            raise  # the worker cannot be what it was configured to be: see `_child_ready`
         except Exception:
             log.exception("worker %s: store unavailable; retrying", self.worker_id)
             stop.wait(1.0)
@@ -171,8 +174,16 @@ class WorkerSupervisor:
             if time.monotonic() < self._next_start_at:
                 return False
             self._child = ModelProcess(self.settings, self.device, self.registry_module)
+            self._child_started_at = time.monotonic()
+        was_ready = self._child.ready
         try:
             ready = self._child.poll_ready(READY_WAIT_S)
+        except PreloadError as exc:
+            # Missing weights or an unknown name do not fix themselves: no retry loop that looks like a
+            # slow start. The worker ends (`motionserve worker` exits non-zero), saying why in one line.
+            log.error("worker %s: cannot preload %s on %s: %s", self.worker_id, ",".join(self.settings.preload), self.device, exc)
+            self._discard_child()
+            raise
         except ChildGone as exc:
             delay = STARTUP_BACKOFF_S[min(self._startup_failures, len(STARTUP_BACKOFF_S) - 1)]
             self._startup_failures += 1
@@ -181,9 +192,17 @@ class WorkerSupervisor:
             self._discard_child()
             self._next_start_at = time.monotonic() + delay
             return False
-        if ready:
+        if ready and not was_ready:
             self._startup_failures = 0
+            self._warm = frozenset(self._child.warm_at_start or ())
+            log.info("model process for %s ready in %.1f s (warm: %s)", self.device,
+                     time.monotonic() - self._child_started_at, ", ".join(sorted(self._warm)) or "none")
         return ready
+
+    def is_ready(self) -> bool:
+        """Its model process is up with its preloads loaded: it claims jobs (a readiness probe asks this)."""
+        child = self._child
+        return child is not None and child.ready
 
     def _discard_child(self) -> None:
         if self._child is not None:
