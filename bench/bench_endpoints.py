@@ -10,12 +10,15 @@ For each endpoint, in one run, on the same weights and arguments:
     one warm-up request first (the model process loads its pipelines lazily).
 
 (a) and (b) alternate, `--repeats` times each, and medians are compared: `ratio` = e2e / bare (target
-<= 1.10). Peak memory: RSS high-water of the model process for (b) and of this process for (a); on CUDA
+<= 1.10). Then throughput: `--throughput N` (default 8) requests submitted at once to the one worker,
+timed from the first submit until every MP4 is downloaded: `throughput_ratio` = that / (N × bare), with
+the target (N × bare + one MP4 encode) / (N × bare), since each encode overlaps the next request's
+denoising and only the last one's is in the way. Peak memory: RSS high-water of the model process for (b) and of this process for (a); on CUDA
 also GPU memory. For the AnimateDiff endpoints, 16 against 64 frames (64 uses FreeNoise context
 windows): `ratio_64_16` (target <= 4.4; 4.0 is linear). SVD-LCM always makes 25 frames: n/a.
 
     python bench/bench_endpoints.py --endpoint {t2v,v2v,turbo,svd-lcm,all} [--size tiny|small|full]
-                                    [--repeats N] [--device cpu|cuda] [--previews-on-off]
+                                    [--repeats N] [--throughput N] [--device cpu|cuda] [--previews-on-off]
 
 `--previews-on-off` measures live previews instead: the same request on two servers that differ only in
 `MOTIONSERVE_PREVIEWS`, alternating, `--repeats` times each: `previews_ratio` = e2e on / off (target
@@ -188,6 +191,21 @@ class Bench:
             figures["handler_stages_s"] = {k: median(v) for k, v in stages.items()}
         return figures
 
+    def throughput(self, request: Request, count: int, bare_s: float, encode_s: float | None) -> dict[str, Any]:
+        """`count` requests submitted at once, back to back on the one worker: from the first submit until
+        the last MP4 is downloaded, against `count` bare calls."""
+        payload = self.payload(request)
+        started = time.perf_counter()
+        submitted = [self.client.submit(self.case.endpoint_id, payload) for _ in range(count)]
+        results = [self.client.wait(self.case.endpoint_id, s) for s in submitted]
+        seconds = time.perf_counter() - started
+        assert all(_mp4_frames(r.video) == request.frames for r in results[-1:]), "the last MP4 has the wrong frames"
+        figures = {"throughput_requests": count, "throughput_s": seconds,
+                   "throughput_ratio": ratio(seconds, count * bare_s)}
+        if encode_s is not None:
+            figures["throughput_target"] = ratio(count * bare_s + encode_s, count * bare_s)
+        return figures
+
     def queue_wait(self, request_id: str) -> float | None:
         """Submit to start, from the store: the worker's claim loop and the hand-over to the model process."""
         from motionserve.config import Settings
@@ -231,6 +249,11 @@ def bench_endpoint(case: Case, args: argparse.Namespace, weights: _weights.Weigh
         default = with_steps(case.request(None), args.steps)
         figures = bench.measure(default, args.repeats, warm_up=True)
         _print_line(case.key, "default", figures)
+        if args.throughput:
+            figures.update(bench.throughput(default, args.throughput, figures["bare_s"], figures["mp4_encode_s"]))
+            print(f"[{case.key}] {args.throughput} back to back: {_fmt(figures['throughput_s'])} s, "
+                  f"throughput_ratio {_fmt(figures['throughput_ratio'])} "
+                  f"(target <= {_fmt(figures.get('throughput_target'))})", flush=True)
         if not case.long_clips:
             figures.update({k: "n/a" for k in ("t16_s", "t64_s", "ratio_64_16", "e2e_t16_s", "e2e_t64_s",
                                                 "e2e_ratio_64_16")})
@@ -247,11 +270,13 @@ def bench_endpoint(case: Case, args: argparse.Namespace, weights: _weights.Weigh
             "t16_s": short["bare_s"], "t64_s": long["bare_s"], "ratio_64_16": ratio(long["bare_s"], short["bare_s"]),
             "e2e_t16_s": short["e2e_s"], "e2e_t64_s": long["e2e_s"],
             "e2e_ratio_64_16": ratio(long["e2e_s"], short["e2e_s"]),
+            # CPU seconds: less disturbed than wall time by other work on a shared machine.
+            "cpu_ratio_64_16": ratio(long["bare_cpu_s"], short["bare_cpu_s"]),
             "frames_64": long["frames"], "e2e_frames_64": long["e2e_frames"],
         })
         for memory in ("peak_rss_mb", "bare_peak_rss_mb", "peak_gpu_mb", "bare_peak_gpu_mb"):
             if memory in long:
-                figures[f"{memory}_64"] = long[memory]
+                figures[f"{memory}_16"], figures[f"{memory}_64"] = short[memory], long[memory]
         print(f"[{case.key}] 64/16 frames: bare {_fmt(figures['ratio_64_16'])}x, "
               f"e2e {_fmt(figures['e2e_ratio_64_16'])}x (target <= {TARGET_RATIO_64_16}, linear = 4.0)", flush=True)
         return figures
@@ -404,6 +429,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per form for the default request")
     parser.add_argument("--repeats-64", type=int, default=1, help="timed runs per form for the 16/64-frame pair")
     parser.add_argument("--skip-64", action="store_true", help="skip the 16 vs 64 frames comparison")
+    parser.add_argument("--throughput", type=int, default=8,
+                        help="requests sent at once for throughput_ratio (0: skip)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (the server gets the same)")
     parser.add_argument("--steps", type=int, help="override the step count in both forms (quick checks only)")
     parser.add_argument("--threads", type=int,
