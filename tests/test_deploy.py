@@ -221,6 +221,23 @@ def test_worker_grace_period_outlasts_its_drain_timeout() -> None:
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
 
 
+def test_worker_is_ready_once_its_preloads_are_loaded() -> None:
+    """The probe asks the worker's own /ready, on the port its metrics setting opens; the pipelines it
+    preloads are names the worker accepts (an unknown one would stop it before it starts)."""
+    from motionserve.endpoints.registry import preload_endpoints
+
+    worker = deployment_running("worker")
+    (container,) = [c for c in worker["spec"]["template"]["spec"]["containers"] if c["name"] == "worker"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    probe = container["readinessProbe"]["httpGet"]
+    (port,) = [p for p in container["ports"] if p["name"] == probe["port"]]
+    assert probe["path"] == "/ready" and port["containerPort"] == int(env["MOTIONSERVE_METRICS_PORT"])
+    assert preload_endpoints(Settings(preload=env["MOTIONSERVE_PRELOAD"]).preload)
+    compose_worker = compose()["services"]["worker"]
+    assert preload_endpoints(Settings(preload=interpolate(compose_env(compose_worker)["MOTIONSERVE_PRELOAD"])).preload)
+    assert "9100/ready" in " ".join(compose_worker["healthcheck"]["test"]) and "9100" in compose_worker["command"]
+
+
 def test_api_has_two_replicas_and_a_health_readiness_probe() -> None:
     api = deployment_running("serve")
     assert api["spec"]["replicas"] == 2
