@@ -1,11 +1,13 @@
-"""`retry_while_unreachable`: what waits through a database restart and what does not."""
+"""Database outages: what waits through a restart, what does not, and how an outage is logged."""
 
 from __future__ import annotations
+
+import logging
 
 import pytest
 from sqlalchemy import exc as sa_exc
 
-from motionserve.database import retry_while_unreachable, unreachable
+from motionserve.database import log_failure, retry_while_unreachable, unreachable
 
 DOWN = sa_exc.OperationalError("SELECT 1", {}, Exception("connection refused"))
 REFUSED = sa_exc.ProgrammingError("SELECT nope", {}, Exception("syntax error"))
@@ -42,3 +44,16 @@ def test_other_errors_and_long_outages_are_raised() -> None:
         retry_while_unreachable(refused, for_s=30, what="test")
     with pytest.raises(sa_exc.OperationalError):
         retry_while_unreachable(down, for_s=0.1, what="test")
+
+
+def test_an_outage_is_logged_in_one_line_and_other_errors_in_full(caplog: pytest.LogCaptureFixture) -> None:
+    logger = logging.getLogger("test.outage")
+    for error in (DOWN, REFUSED):
+        try:
+            raise error
+        except sa_exc.SQLAlchemyError:
+            log_failure(logger, "chore %s failed", "x")
+    down, refused = caplog.records
+    assert down.levelname == "WARNING" and down.exc_info is None
+    assert down.getMessage() == "chore x failed: database unreachable ((builtins.Exception) connection refused)"
+    assert refused.levelname == "ERROR" and refused.exc_info is not None

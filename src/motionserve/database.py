@@ -13,6 +13,7 @@ and one failing later with "database is locked" on upgrade.
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, TypeVar
@@ -267,3 +268,13 @@ def retry_while_unreachable(call: Callable[[], T], *, for_s: float, what: str) -
             log.warning("%s: database unreachable (%s); retrying in %.1f s", what, str(exc).splitlines()[0], delay)
         time.sleep(delay)
         delay = min(delay * 2, 5.0)
+
+
+def log_failure(logger: logging.Logger, message: str, *args: Any) -> None:
+    """Log the exception being handled: in one line when the database is only unreachable (an outage
+    would otherwise fill the log with the same traceback several times a second), else in full."""
+    exc = sys.exc_info()[1]
+    if exc is not None and unreachable(exc):
+        logger.warning(message + ": database unreachable (%s)", *args, str(exc).splitlines()[0])
+    else:
+        logger.exception(message, *args)

@@ -34,6 +34,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from motionserve.database import log_failure
 from motionserve.jobs.child import ChildGone, ModelProcess
 from motionserve.jobs.events import ChildEvent, Done, Log, OutputPending, Preview
 from motionserve.jobs.models import Job, error_dict
@@ -269,7 +270,7 @@ class JobRun:
         try:
             return call()
         except Exception:
-            log.exception("request %s: store %s failed; continuing", self.job.id, what)
+            log_failure(log, "request %s: store %s failed; continuing", self.job.id, what)
             return _FAILED
 
 

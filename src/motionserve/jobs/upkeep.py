@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Callable, Protocol
 
 from motionserve.config import Settings
+from motionserve.database import log_failure
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ class Upkeep:
             try:
                 done = chore.run()
             except Exception:  # a store or disk hiccup must not end the thread
-                log.exception("upkeep: %s failed; retrying later", chore.name)
+                log_failure(log, "upkeep: %s failed; retrying later", chore.name)
                 continue
             if done:
                 log.info("upkeep: %s: %d", chore.name, done)

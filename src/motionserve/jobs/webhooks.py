@@ -23,6 +23,7 @@ import httpx
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from motionserve.database import log_failure
 from motionserve.errors import AddressRefusedError, FetchError
 from motionserve.jobs.models import PendingWebhook
 from motionserve.jobs.webhook_payload import fal_webhook_payload, webhook_body
@@ -226,5 +227,5 @@ class WebhookDispatcher:
             try:
                 self.deliver_due()
             except Exception:  # a database hiccup must not end webhook delivery for good
-                log.exception("webhook delivery round failed")
+                log_failure(log, "webhook delivery round failed")
             stop_event.wait(poll_s)
