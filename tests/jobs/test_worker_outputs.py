@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
 
 from motionserve.jobs.models import CancelOutcome, Job, JobState
+from motionserve.jobs.store import Store
 from motionserve.storage import open_file_store
 from tests.jobs.test_worker import Running, wait_for
 
@@ -113,3 +115,18 @@ def test_a_pending_output_past_the_execution_limit_fails_the_job(tmp_path: Path)
         assert after.state is JobState.SUCCEEDED and after.result["pid"] == pid  # type: ignore[index]
     finally:
         running.close()
+
+
+def test_a_stopping_worker_waits_for_pending_outputs(tmp_path: Path) -> None:
+    running = Running(tmp_path, shutdown_grace_s=60.0)
+    gate = tmp_path / "encode"
+    job = running.submit("save_later", message="stored before exit", gate=str(gate))
+    handler_returned(running, job)
+    closing = threading.Thread(target=running.close)  # what SIGTERM does to `motionserve worker`
+    closing.start()
+    gate.touch()
+    closing.join(60)
+    assert not closing.is_alive()
+    done = Store(running.settings.resolved_database_url).get(job.id)
+    assert done is not None and done.state is JobState.SUCCEEDED, done
+    assert stored_bytes(running, done) == b"stored before exit"
