@@ -17,6 +17,7 @@ from typing import Callable
 
 from sqlalchemy.engine import make_url
 
+from motionserve.database import log_failure
 from motionserve.jobs.models import JobState
 from motionserve.jobs.store import NOTIFY_CHANGE_KINDS, NOTIFY_CHANNEL, ChangeKind, Store
 
@@ -117,7 +118,7 @@ class ChangeWatcher:
                     self.publish(Change(RESYNC, ""))
                 changes = self._store.recent_changes(*watermark)
             except Exception:
-                log.exception("change watcher: store unavailable; retrying")
+                log_failure(log, "change watcher: store unavailable; retrying")
                 stop.wait(1.0)
                 continue
             for job_id, state, changed_at in changes.changed:

@@ -22,6 +22,7 @@ from typing import Any, Iterable
 
 from motionserve import __version__
 from motionserve.config import Settings
+from motionserve.database import log_failure
 from motionserve.jobs.changes import RESYNC, Change, ChangeWatcher
 from motionserve.jobs.child import ChildGone, ModelProcess, PreloadError
 from motionserve.jobs.job_run import FinishingRuns, JobRun, RunLimits
@@ -124,7 +125,7 @@ class WorkerSupervisor:
         except PreloadError:
             raise  # the worker cannot be what it was configured to be: see `_child_ready`
         except Exception:
-            log.exception("worker %s: store unavailable; retrying", self.worker_id)
+            log_failure(log, "worker %s: store unavailable; retrying", self.worker_id)
             stop.wait(1.0)
             return None
         if job is None and self._finishing:
