@@ -208,3 +208,15 @@ def test_a_workers_preference_picks_among_the_head_of_the_queue_only(store: Stor
     assert store.claim("w", 30, prefer=prefer).id == cold[0].id  # type: ignore[union-attr]  # warm is third: not yet
     assert store.claim("w", 30, prefer=prefer).id == warm.id  # type: ignore[union-attr]  # now in the window: first
     assert store.claim("w", 30, prefer=prefer, max_running_per_owner=5).id == cold[1].id  # type: ignore[union-attr]
+
+
+def test_a_job_the_preference_takes_early_does_not_push_newcomers_back(store: Store) -> None:
+    svd = "fal-ai/fast-svd-lcm"
+    for _ in range(10):
+        submit(store, "alice")
+    skipped_ahead = submit(store, "alice", endpoint_id=svd)  # alice's 11th: its turn is ten rounds away
+    prefer = ClaimPreference(warm_endpoints=frozenset({svd}), max_wait_s=30)
+    assert store.claim("w-svd", 30, prefer=prefer).id == skipped_ahead.id  # type: ignore[union-attr]
+    newcomer = submit(store, "bob")  # lands at the front, not behind the ten alice's job skipped
+    assert store.queue_position(newcomer) <= 2
+    assert store.queue_position(submit(store, "carol")) <= 3

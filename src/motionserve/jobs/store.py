@@ -407,9 +407,23 @@ class Store(KeysMixin, WebhookQueueMixin, WorkerRegistryMixin):
                         "attempts": jobs.c.attempts + 1,
                         "started_at": now,
                         "preview": None,  # a previous attempt's preview is not this run's
+                        **({"fair_seq": self._head_fair_seq(endpoint_ids, limit)} if prefer is not None else {}),
                     },
                     with_input=True,
                 )
+
+    def _head_fair_seq(self, endpoint_ids: Iterable[str] | None, limit: OwnerLimit | None) -> ColumnElement[int]:
+        """A job the preference took ahead of its turn runs with the fair_seq of the head of what
+        this claimer could take: the virtual time new jobs are placed at (`_fair_seq`: the newest
+        running job's) must not jump ahead with it, or a newcomer would land behind the jobs it
+        skipped. The head at the job's priority, as in the claim (so a job no free worker serves,
+        stuck at the front, does not hold virtual time back either); one index probe."""
+        head = jobs.alias("fair_head")
+        head_seq = select(func.min(head.c.fair_seq)).where(
+            *_claimable(head, endpoint_ids, limit), head.c.priority == jobs.c.priority
+        ).scalar_subquery()
+        least = func.least if self._is_postgres else func.min  # SQLite's min() of several arguments
+        return least(jobs.c.fair_seq, func.coalesce(head_seq, jobs.c.fair_seq))
 
     def _next_queued(self, endpoint_ids: Iterable[str] | None, prefer: ClaimPreference | None, limit: OwnerLimit | None) -> Any:
         """The id and owner of the queued job `claim` takes next, locked (skipping rows other
