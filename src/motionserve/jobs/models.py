@@ -109,11 +109,12 @@ class Caller(NamedTuple):
 
 @dataclass(frozen=True)
 class ClaimPreference:
-    """What a worker would rather run next, among queued jobs of equal priority.
+    """What a worker would rather run next, among queued jobs of equal priority at the head of the
+    queue (`store.PREFERENCE_WINDOW` of them, in queue order).
 
     Jobs of `warm_endpoints` (pipelines already loaded) or carrying one of `hints` (X-Fal-Runner-Hint
-    of jobs it ran recently) come first, unless an older job has waited `max_wait_s`: then age wins,
-    so preferences never starve anyone.
+    of jobs it ran recently) come first, unless a job has waited `max_wait_s`: then the queue's own
+    order wins, so preferences never starve anyone.
     """
 
     warm_endpoints: frozenset[str] = frozenset()
