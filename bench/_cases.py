@@ -4,7 +4,9 @@ Each case loads its bare pipeline from the same checkpoint folders the server lo
 settings `inference/models.py` uses, and builds both forms of a request from the same numbers: the JSON
 payload for `/queue/{endpoint}` and the keyword arguments of the pipeline call (same size, frames, steps,
 guidance, strength, seed). What the bare call skips is what the service adds: fetching and decoding the
-input, prompt weighting, the MP4 encode, storing the file, and the HTTP queue around it all.
+input, prompt weighting, the MP4 encode, storing the file, and the HTTP queue around it all. The AnimateDiff
+pipelines are the project's subclasses (`inference/animatediff_pipelines.py`): diffusers' own except that
+context windows (beyond 32 frames) run batched, so both forms do the same model work at 64 frames too.
 
 Input media are synthetic (a moving gradient and disc), 512×512 so that the video endpoints' working size
 (about 512×512 pixels, aspect kept) is exactly 512×512 for both forms; the SVD image is 1024×576, its
@@ -27,7 +29,6 @@ NEGATIVE = "(bad quality, worst quality:1.2), ugly faces, bad anime"  # the endp
 SEED = 42
 SOURCE_FPS = 16
 SIZE = 512
-CONTEXT = {"context_length": 16, "context_stride": 4}  # the endpoints' FreeNoise windows (_animatediff.py)
 MAX_MOTION_FRAMES = 32
 
 
@@ -92,10 +93,15 @@ def source_image() -> bytes:
 
 
 def _animatediff(weights: "Weights", dtype: Any, adapter: str) -> Any:
-    from diffusers import AnimateDiffPipeline, MotionAdapter
+    from diffusers import MotionAdapter
+
+    # diffusers' AnimateDiffPipeline but for FreeNoise's windows, which run batched as in the endpoints
+    # (identical below 33 frames), so that bare and e2e do the same model work at 64 frames too.
+    from motionserve.inference.animatediff_pipelines import MotionserveAnimateDiffPipeline
 
     motion_adapter = MotionAdapter.from_pretrained(weights.paths[adapter], dtype=dtype)
-    return AnimateDiffPipeline.from_pretrained(weights.paths["sd15_base"], motion_adapter=motion_adapter, dtype=dtype)
+    return MotionserveAnimateDiffPipeline.from_pretrained(weights.paths["sd15_base"], motion_adapter=motion_adapter,
+                                                          dtype=dtype)
 
 
 def _ddim(pipe: Any) -> Any:
@@ -113,18 +119,21 @@ def load_t2v(weights: "Weights", device: str, dtype: Any) -> Any:
 
 
 def load_v2v(weights: "Weights", device: str, dtype: Any) -> Any:
-    from diffusers import AnimateDiffVideoToVideoPipeline
+    from motionserve.inference.animatediff_pipelines import MotionserveAnimateDiffVideoToVideoPipeline
 
     pipe = _animatediff(weights, dtype, "motion_adapter")
     pipe.scheduler = _ddim(pipe)
-    return _ready(AnimateDiffVideoToVideoPipeline.from_pipe(pipe), device)
+    return _ready(MotionserveAnimateDiffVideoToVideoPipeline.from_pipe(pipe), device)
 
 
 def load_turbo(weights: "Weights", device: str, dtype: Any) -> Any:
-    from diffusers import AnimateDiffVideoToVideoPipeline, LCMScheduler, MotionAdapter
+    from diffusers import LCMScheduler, MotionAdapter
+
+    from motionserve.inference.animatediff_pipelines import MotionserveAnimateDiffVideoToVideoPipeline
 
     adapter = MotionAdapter.from_pretrained(weights.paths["animatelcm_adapter"], dtype=dtype)
-    pipe = AnimateDiffVideoToVideoPipeline.from_pretrained(weights.paths["sd15_base"], motion_adapter=adapter, dtype=dtype)
+    pipe = MotionserveAnimateDiffVideoToVideoPipeline.from_pretrained(weights.paths["sd15_base"], motion_adapter=adapter,
+                                                                      dtype=dtype)
     pipe.scheduler = LCMScheduler.from_config(pipe.scheduler.config, beta_schedule="linear")
     pipe.load_lora_weights(str(weights.paths["animatelcm_lora"]), adapter_name="lcm")
     pipe.set_adapters(["lcm"], adapter_weights=[1.0])
@@ -227,11 +236,16 @@ def call_bare(pipe: Any, request: Request, device: str) -> np.ndarray:
     """The plain pipeline call for `request`; returns its frames (F, H, W, 3) floats in [0, 1]."""
     import torch
 
+    from motionserve.config import Settings
+
     generator = torch.Generator(device=device).manual_seed(SEED)
     if hasattr(pipe, "enable_free_noise"):
-        # What the endpoints do: FreeNoise context windows only beyond the motion modules' 32 frames.
+        # What the endpoints do: context windows only beyond the motion modules' 32 frames, of the
+        # server's MOTIONSERVE_CONTEXT_LENGTH / _OVERLAP (the server started here reads the same environment).
         if request.frames > MAX_MOTION_FRAMES:
-            pipe.enable_free_noise(**CONTEXT)
+            settings = Settings()
+            pipe.enable_free_noise(context_length=settings.context_length,
+                                   context_stride=settings.context_length - settings.context_overlap)
         elif pipe.free_noise_enabled:
             pipe.disable_free_noise()
     if hasattr(pipe.scheduler, "noise_generator"):
