@@ -12,7 +12,6 @@ import re
 import socket
 import ssl
 import time
-from pathlib import Path
 from typing import Any, Callable
 
 import pytest
