@@ -93,7 +93,7 @@ def test_disconnects_and_slow_clients_leak_nothing(server_factory) -> None:
     try:
         running = client.submit(T2V, LONG_T2V)
         client.wait(running, until="IN_PROGRESS")
-        _well_behaved_round(server, raw, client, key, running.status_url)  # warms pools and threads
+        _well_behaved_round(client, running.status_url)  # warms pools and threads
         client.close()
         wait_for(lambda: established_to_port(server.port) == 0, SETTLE_S, "no client connections before the faults")
         baseline = held_resources(server)
@@ -120,7 +120,8 @@ def test_disconnects_and_slow_clients_leak_nothing(server_factory) -> None:
         server.stop()
 
 
-def _well_behaved_round(server: Server, raw: RawClient, client: QueueClient, key: str, status_url: str) -> None:
+def _well_behaved_round(client: QueueClient, status_url: str) -> None:
+    """One upload, one status stream read to its first event, one health check: each done properly."""
     r = client.http.post("/rest/storage/upload/initiate", json={"content_type": "application/octet-stream"})
     assert client.http.put(r.json()["upload_url"], content=b"x" * 100_000).status_code == 200
     with client.http.stream("GET", status_url + "/stream") as stream:
