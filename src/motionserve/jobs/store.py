@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Collection, Iterable, Iterator, Sequence
 
-from sqlalchemy import Connection, Double, Engine, and_, any_, case, cast, delete, extract, func, insert, literal, or_, select, update
+from sqlalchemy import Connection, Double, Engine, Integer, String, and_, any_, bindparam, case, cast, delete, extract, func, insert, literal, or_, select, update
 from sqlalchemy.sql import ColumnElement
 
 from motionserve import database as schema
@@ -88,6 +88,8 @@ class Store(KeysMixin, WebhookQueueMixin, WorkerRegistryMixin):
         self._test_clock = clock
         self._clock: Callable[[], float] = clock or time.time  # for timestamps nobody compares across hosts
         self._signing_key_cache: Any = None
+        # Built once: constructing the fair_seq subqueries costs more Python than running them.
+        self._insert_job = insert(jobs).values(fair_seq=_fair_seq(self._is_postgres))
 
     @property
     def engine(self) -> Engine:
@@ -207,12 +209,13 @@ class Store(KeysMixin, WebhookQueueMixin, WorkerRegistryMixin):
         job_id = str(uuid.uuid4())
         with self._write() as conn:
             if self._is_postgres:
-                conn.execute(select(func.pg_advisory_xact_lock(SUBMIT_LOCKS, func.hashtext(owner))))
+                conn.execute(_SUBMIT_LOCK, {"owner": owner})
             now = self._now(conn)
             if submit_rate is not None:
                 self._check_submit_rate(conn, owner, submit_rate, now)
             conn.execute(
-                insert(jobs).values(
+                self._insert_job,
+                dict(
                     id=job_id,
                     owner=owner,
                     endpoint_id=endpoint_id,
@@ -229,36 +232,14 @@ class Store(KeysMixin, WebhookQueueMixin, WorkerRegistryMixin):
                     file_retention_s=file_retention_s,
                     runner_hint=runner_hint,
                     no_retry=no_retry,
-                    fair_seq=self._fair_seq(owner, priority),
-                )
+                    fair_owner=owner,
+                    fair_priority=priority,
+                ),
             )
             self._notify(conn, ChangeKind.QUEUED, job_id)
             job = self._get(conn, job_id, with_input=False)
         assert job is not None
         return job
-
-    def _fair_seq(self, owner: str, priority: int) -> ColumnElement[int]:
-        """A new job's virtual start time (start-time fair queuing), evaluated inside its INSERT.
-
-        Virtual time is where the queue of this priority stands: the newest running job's fair_seq,
-        or just before the queue's head when nothing of this priority runs. A job starts one past the
-        later of that and its owner's last queued or running job: an owner with nothing waiting lands
-        right behind the head, while one owner's backlog is spaced out one slot per round, so every
-        other owner's job goes between two of its jobs. Four index probes (ix_jobs_fair_queue,
-        ix_jobs_owner_active); the claim itself only reads the order.
-        """
-
-        def probe(aggregate: Any, *where: ColumnElement[bool]) -> Any:
-            return func.coalesce(select(aggregate(jobs.c.fair_seq)).where(jobs.c.priority == priority, *where).scalar_subquery(), 0)
-
-        queued, running = jobs.c.state == JobState.QUEUED.value, jobs.c.state == JobState.RUNNING.value
-        greatest = func.greatest if self._is_postgres else func.max  # SQLite's max() of several arguments
-        return greatest(
-            probe(func.max, running),
-            probe(func.min, queued) - 1,
-            probe(func.max, jobs.c.owner == owner, queued),
-            probe(func.max, jobs.c.owner == owner, running),
-        ) + 1
 
     def _check_submit_rate(self, conn: Connection, owner: str, rate: SubmitRate, now: float) -> None:
         """Raise `SubmitRateExceeded` if `owner`'s `rate.count`-th newest job is younger than the window.
@@ -678,6 +659,35 @@ class OwnerLimit:
     max_running: int
     passed_over: set[str] = field(default_factory=set)  # owners found full or busy in this claim
     holds_lock: bool = False  # an owner's claim lock is held (until the claim commits)
+
+
+_SUBMIT_LOCK = select(func.pg_advisory_xact_lock(SUBMIT_LOCKS, func.hashtext(bindparam("owner", type_=String))))
+
+
+def _fair_seq(postgres: bool) -> ColumnElement[int]:
+    """A new job's virtual start time (start-time fair queuing), evaluated inside its INSERT, for
+    the owner and priority bound as `fair_owner`, `fair_priority`.
+
+    Virtual time is where the queue of this priority stands: the newest running job's fair_seq,
+    or just before the queue's head when nothing of this priority runs. A job starts one past the
+    later of that and its owner's last queued or running job: an owner with nothing waiting lands
+    right behind the head, while one owner's backlog is spaced out one slot per round, so every
+    other owner's job goes between two of its jobs. Four index probes (ix_jobs_fair_queue,
+    ix_jobs_owner_active); the claim itself only reads the order.
+    """
+    owner, priority = bindparam("fair_owner", type_=String), bindparam("fair_priority", type_=Integer)
+
+    def probe(aggregate: Any, *where: ColumnElement[bool]) -> Any:
+        return func.coalesce(select(aggregate(jobs.c.fair_seq)).where(jobs.c.priority == priority, *where).scalar_subquery(), 0)
+
+    queued, running = jobs.c.state == JobState.QUEUED.value, jobs.c.state == JobState.RUNNING.value
+    greatest = func.greatest if postgres else func.max  # SQLite's max() of several arguments
+    return greatest(
+        probe(func.max, running),
+        probe(func.min, queued) - 1,
+        probe(func.max, jobs.c.owner == owner, queued),
+        probe(func.max, jobs.c.owner == owner, running),
+    ) + 1
 
 
 # The queue's order without a worker's preference: what queue positions count in (ix_jobs_fair_queue).
