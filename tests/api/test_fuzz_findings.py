@@ -33,3 +33,21 @@ def test_a_printable_unknown_request_id_is_still_echoed(api: Api) -> None:
 
     assert r.status_code == 404
     assert r.headers["x-fal-request-id"] == "no-such-id"
+
+
+@pytest.mark.parametrize("route", ["/rest/storage/upload/initiate", "/rest/storage/upload/initiate-multipart"])
+@pytest.mark.parametrize(("field", "value"), [("file_name", {}), ("file_name", 7), ("content_type", ["video/mp4"]), ("content_type", True)])
+def test_initiate_refuses_a_name_or_type_that_is_not_a_string(api: Api, route: str, field: str, value: object) -> None:
+    # str() used to turn these into a file called "7" or a content type "['video/mp4']".
+    r = api.client.post(route, json={field: value}, headers=api.auth)
+
+    assert r.status_code == 422, r.text
+    assert r.json() == {"detail": [{"loc": ["body", field], "msg": "Input should be a valid string", "type": "string_type", "input": value}]}
+
+
+def test_initiate_still_takes_strings_and_defaults(api: Api) -> None:
+    named = api.client.post("/rest/storage/upload/initiate", json={"content_type": "video/mp4", "file_name": "clip.mp4"}, headers=api.auth)
+    empty = api.client.post("/rest/storage/upload/initiate", json={"content_type": None, "file_name": ""}, headers=api.auth)
+
+    assert named.status_code == 200 and named.json()["file_url"].endswith("/clip.mp4")
+    assert empty.status_code == 200 and empty.json()["file_url"].endswith("/upload.bin")

@@ -22,6 +22,7 @@ from motionserve.api import files, history, metrics, openapi, playground, queue,
 from motionserve.api.deps import AdminDep, SettingsDep, StoreDep
 from motionserve.api.job_events import JobEvents
 from motionserve.api.errors import install_exception_handlers
+from motionserve.api.responses import ADMIN_ONLY, API_KEY, json_body
 from motionserve.api.upload_tokens import UploadTokens, load_or_create_secret
 from motionserve.config import Settings
 from motionserve.database import make_engine
@@ -47,7 +48,11 @@ def _live_workers(store: JobStore, settings: Settings) -> list[dict[str, Any]]:
     return [asdict(w) for w in store.live_workers(seen_within_s=settings.lease_s + 5.0)]
 
 
-@ops.get("/health", summary="Liveness: the store answers; the fleet's live workers")
+_HEALTH = {"type": "object", "required": ["status"], "properties": {"status": {"type": "string"}, "detail": {"type": "string"}}}
+
+
+@ops.get("/health", summary="Liveness: the store answers; the fleet's live workers",
+         responses={200: json_body(_HEALTH, "Healthy"), 503: json_body(_HEALTH, "The store is unreachable")})
 def health(request: Request, store: StoreDep, settings: SettingsDep) -> JSONResponse:
     try:
         workers = _live_workers(store, settings)  # a real round trip to the database
@@ -65,7 +70,9 @@ def health(request: Request, store: StoreDep, settings: SettingsDep) -> JSONResp
     )
 
 
-@ops.get("/workers", summary="Every live worker of the fleet (admin key)")
+@ops.get("/workers", summary="Every live worker of the fleet (admin key)", openapi_extra=API_KEY,
+         responses={200: json_body({"type": "object", "required": ["workers"], "properties": {"workers": {"type": "array"}}},
+                                   "The live workers"), **ADMIN_ONLY})
 def list_workers(_: AdminDep, store: StoreDep, settings: SettingsDep) -> JSONResponse:
     return JSONResponse({"workers": _live_workers(store, settings)})
 

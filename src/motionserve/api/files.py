@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Annotated, Any, Callable, TypeVar
 
 import anyio
-from fastapi import APIRouter, Depends, Header, Request
+from fastapi import APIRouter, Depends, Header, Path as PathParam, Request
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 
 from motionserve.api.body import read_json_object, stream_to_file
@@ -41,6 +41,8 @@ from motionserve.api.deps import (
 )
 from motionserve.api.errors import ApiError
 from motionserve.api.headers import parse_lifecycle
+from motionserve.api.responses import ANY_FILE, API_KEY, RAW_BODY, Responses, errors, json_body
+from motionserve.errors import InputValidationError
 from motionserve.storage import (
     FileStore,
     FileStoreError,
@@ -50,12 +52,37 @@ from motionserve.storage import (
     StoredFile,
     UploadNotFoundError,
 )
+from motionserve.storage.store import MAX_PART_NUMBER
 from motionserve.storage.types import ServeFile, ServeRedirect, ServeStream
 
 router = APIRouter(tags=["files"])
 
 T = TypeVar("T")
 _CACHE_CONTROL = "private, max-age=3600"
+# Checked (422) before the part's body is read; the stores refuse any other number too.
+PartNumber = Annotated[int, PathParam(ge=1, le=MAX_PART_NUMBER, description="1 to 10000, as in S3")]
+
+# What the upload routes answer besides 200; 503 only with an object store (S3) that is unreachable,
+# 507 when the server's disk is full.
+_UPLOAD_ERRORS: Responses = errors(400, 413, 422, 503, 507)
+_PART_ERRORS: Responses = errors(400, 404, 413, 422, 503, 507)
+_FILE_INFO = json_body(
+    {"type": "object", "required": ["access_url", "file_url"],
+     "properties": {"access_url": {"type": "string"}, "file_url": {"type": "string"}, "content_type": {"type": "string"},
+                    "file_name": {"type": "string"}, "file_size": {"type": "integer"}}},
+    "The stored file",
+)
+_PART = json_body({"type": "object", "required": ["partNumber", "etag"],
+                   "properties": {"partNumber": {"type": "integer"}, "etag": {"type": "string"}}}, "The part is stored")
+_PARTS_BODY = {"requestBody": {"required": False, "content": {"application/json": {"schema": {
+    "type": "object",
+    "properties": {"parts": {"type": "array", "items": {
+        "type": "object", "required": ["partNumber"],
+        "properties": {"partNumber": {"type": "integer"}, "etag": {"type": ["string", "null"]}}}}},
+}}}}}
+_INITIATE_BODY = {"requestBody": {"required": False, "content": {"application/json": {"schema": {
+    "type": "object", "properties": {"content_type": {"type": ["string", "null"]}, "file_name": {"type": ["string", "null"]}},
+}}}}}
 
 
 def require_upload_owner(
@@ -137,7 +164,12 @@ async def _parts_from_body(request: Request) -> list[tuple[int, str | None]] | N
 # ---- Python client: token + CDN ------------------------------------------------------------------
 
 
-@router.post("/rest/storage/auth/token")
+@router.post("/rest/storage/auth/token", openapi_extra=API_KEY, responses={
+    200: json_body({"type": "object", "required": ["token", "token_type", "base_url", "expires_at"],
+                    "properties": {k: {"type": "string"} for k in ("token", "token_type", "base_url", "expires_at")}},
+                   "A short-lived upload token for the CDN routes"),
+    **errors(401),
+})
 def cdn_token(request: Request, owner: OwnerDep, storage_type: str | None = None) -> JSONResponse:
     token, expires_at = request.app.state.upload_tokens.issue(owner)
     return JSONResponse(
@@ -151,7 +183,8 @@ def cdn_token(request: Request, owner: OwnerDep, storage_type: str | None = None
     )
 
 
-@router.post("/cdn/files/upload")
+@router.post("/cdn/files/upload", openapi_extra={**API_KEY, **RAW_BODY},
+             responses={200: _FILE_INFO, **errors(401), **_UPLOAD_ERRORS})
 async def cdn_upload(
     request: Request,
     _: UploaderDep,
@@ -170,7 +203,11 @@ async def cdn_upload(
     return JSONResponse(_file_info(file_store, public_base_url(request, settings), stored))
 
 
-@router.post("/cdn/files/upload/multipart")
+@router.post("/cdn/files/upload/multipart", openapi_extra=API_KEY, responses={
+    200: json_body({"type": "object", "required": ["access_url", "uploadId"],
+                    "properties": {"access_url": {"type": "string"}, "uploadId": {"type": "string"}}}, "The upload is open"),
+    **errors(401), **_UPLOAD_ERRORS,
+})
 def cdn_multipart_begin(
     request: Request,
     _: UploaderDep,
@@ -212,16 +249,18 @@ async def _complete(
     return JSONResponse(_file_info(file_store, public_base_url(request, settings), stored))
 
 
-@router.put("/files/{token}/{name}/multipart/{upload_id}/{part_number}")
+@router.put("/files/{token}/{name}/multipart/{upload_id}/{part_number:int}", openapi_extra={**API_KEY, **RAW_BODY},
+            responses={200: _PART, **errors(401), **_PART_ERRORS})
 async def cdn_multipart_part(
-    request: Request, token: str, name: str, upload_id: str, part_number: int,
+    request: Request, token: str, name: str, upload_id: str, part_number: PartNumber,
     _: UploaderDep, settings: SettingsDep, file_store: FileStoreDep,
 ) -> JSONResponse:
     etag = await _put_part(request, settings, file_store, upload_id, part_number, token)
     return JSONResponse({"partNumber": part_number, "etag": etag}, headers={"ETag": etag})
 
 
-@router.post("/files/{token}/{name}/multipart/{upload_id}/complete")
+@router.post("/files/{token}/{name}/multipart/{upload_id}/complete", openapi_extra={**API_KEY, **_PARTS_BODY},
+             responses={200: _FILE_INFO, **errors(401), **_PART_ERRORS})
 async def cdn_multipart_complete(
     request: Request, token: str, name: str, upload_id: str,
     _: UploaderDep, settings: SettingsDep, file_store: FileStoreDep,
@@ -233,10 +272,19 @@ async def cdn_multipart_complete(
 # ---- JS client (and the Python "gcs" fallback): initiate + upload URL -----------------------------
 
 
+def _optional_text(body: dict[str, Any], field: str) -> str | None:
+    """A string field of an initiate body, or None when absent, null or empty; anything else is a 422
+    (str() of an object would have named the file `{}`)."""
+    value = body.get(field)
+    if value is None or isinstance(value, str):
+        return value or None
+    raise InputValidationError([{"loc": ["body", field], "msg": "Input should be a valid string", "type": "string_type", "input": value}])
+
+
 async def _initiate(request: Request, settings: Any, file_store: FileStore) -> JSONResponse:
     body = await read_json_object(request, limit=1024 * 1024)
-    ctype = str(body.get("content_type") or "application/octet-stream")
-    name = str(body.get("file_name") or _default_name(ctype))
+    ctype = _optional_text(body, "content_type") or "application/octet-stream"
+    name = _optional_text(body, "file_name") or _default_name(ctype)
     expires_at = _expires_at(request, settings)
     pending = await _in_thread(lambda: file_store.begin_multipart(ctype, name, expires_at))
     return JSONResponse(
@@ -247,30 +295,37 @@ async def _initiate(request: Request, settings: Any, file_store: FileStore) -> J
     )
 
 
-@router.post("/rest/storage/upload/initiate")
+_INITIATED = json_body({"type": "object", "required": ["upload_url", "file_url"],
+                        "properties": {"upload_url": {"type": "string"}, "file_url": {"type": "string"}}},
+                       "Where to PUT the file, and its URL once complete")
+
+
+@router.post("/rest/storage/upload/initiate", openapi_extra={**API_KEY, **_INITIATE_BODY},
+             responses={200: _INITIATED, **errors(401), **_UPLOAD_ERRORS})
 async def initiate_upload(request: Request, _: OwnerDep, settings: SettingsDep, file_store: FileStoreDep) -> JSONResponse:
     return await _initiate(request, settings, file_store)
 
 
-@router.post("/rest/storage/upload/initiate-multipart")
+@router.post("/rest/storage/upload/initiate-multipart", openapi_extra={**API_KEY, **_INITIATE_BODY},
+             responses={200: _INITIATED, **errors(401), **_UPLOAD_ERRORS})
 async def initiate_multipart(request: Request, _: OwnerDep, settings: SettingsDep, file_store: FileStoreDep) -> JSONResponse:
     return await _initiate(request, settings, file_store)
 
 
-@router.put("/cdn/uploads/{upload_id}")
+@router.put("/cdn/uploads/{upload_id}", openapi_extra=RAW_BODY, responses={200: _FILE_INFO, **_PART_ERRORS})
 async def upload_single(request: Request, upload_id: str, settings: SettingsDep, file_store: FileStoreDep) -> JSONResponse:
     # A one-part multipart upload: on S3 the part goes to S3's multipart API like any other.
     etag = await _put_part(request, settings, file_store, upload_id, 1)
     return await _complete(request, settings, file_store, upload_id, [(1, etag)])
 
 
-@router.put("/cdn/uploads/{upload_id}/{part_number}")
-async def upload_part(request: Request, upload_id: str, part_number: int, settings: SettingsDep, file_store: FileStoreDep) -> JSONResponse:
+@router.put("/cdn/uploads/{upload_id}/{part_number:int}", openapi_extra=RAW_BODY, responses={200: _PART, **_PART_ERRORS})
+async def upload_part(request: Request, upload_id: str, part_number: PartNumber, settings: SettingsDep, file_store: FileStoreDep) -> JSONResponse:
     etag = await _put_part(request, settings, file_store, upload_id, part_number)
     return JSONResponse({"partNumber": part_number, "etag": etag}, headers={"ETag": etag})
 
 
-@router.post("/cdn/uploads/{upload_id}/complete")
+@router.post("/cdn/uploads/{upload_id}/complete", openapi_extra=_PARTS_BODY, responses={200: _FILE_INFO, **_PART_ERRORS})
 async def upload_complete(request: Request, upload_id: str, settings: SettingsDep, file_store: FileStoreDep) -> JSONResponse:
     await anyio.to_thread.run_sync(lambda: _pending_for(file_store, upload_id))
     return await _complete(request, settings, file_store, upload_id, await _parts_from_body(request))
@@ -279,7 +334,12 @@ async def upload_complete(request: Request, upload_id: str, settings: SettingsDe
 # ---- serving -----------------------------------------------------------------------------------------
 
 
-@router.get("/files/{token}/{name}", summary="Download a stored file (no key: the URL is the secret)")
+@router.get("/files/{token}/{name}", summary="Download a stored file (no key: the URL is the secret)", responses={
+    200: ANY_FILE,
+    206: {**ANY_FILE, "description": "The byte range asked for (S3 relay)"},
+    307: {"description": "Redirect to a short-lived presigned URL (S3 redirect mode)"},
+    **errors(404, 416, 503),
+})
 def get_file(request: Request, token: str, name: str, file_store: FileStoreDep) -> Response:
     stored = file_store.get(token)
     if stored is None:

@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse
 
 from motionserve.api.deps import OwnerDep, StoreDep, request_base_url
 from motionserve.api.ids import parse_endpoint_id
+from motionserve.api.responses import API_KEY, errors, json_body
 from motionserve.api.status import CANCELLED_DETAIL, RequestUrls, error_message, fal_status
 from motionserve.jobs.models import Job, JobState
 
@@ -77,7 +78,9 @@ def history_entry(job: Job, base_url: str) -> dict[str, Any]:
     return entry
 
 
-@router.get("/requests", summary="The caller's recent requests, newest first (with inputs and results)")
+@router.get("/requests", summary="The caller's recent requests, newest first (with inputs and results)", openapi_extra=API_KEY,
+            responses={200: json_body({"type": "object", "required": ["requests"], "properties": {"requests": {"type": "array"}}},
+                                      "The requests"), **errors(401, 422)})
 async def list_requests(
     request: Request,
     owner: OwnerDep,

@@ -11,6 +11,7 @@ from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from motionserve.api.deps import AdminDep, SettingsDep, StoreDep
+from motionserve.api.responses import ADMIN_ONLY, API_KEY
 from motionserve.metrics import FleetCollector, process_collector, render
 
 # A worker that missed this many leases' worth of heartbeats is no longer counted as live.
@@ -19,7 +20,9 @@ STALE_AFTER_LEASES = 3
 router = APIRouter(tags=["server"])
 
 
-@router.get("/metrics", summary="Prometheus metrics: this node's counters and the fleet's queue (admin key)")
+@router.get("/metrics", summary="Prometheus metrics: this node's counters and the fleet's queue (admin key)", openapi_extra=API_KEY,
+            responses={200: {"description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}},
+                       **ADMIN_ONLY})
 def metrics(request: Request, _admin: AdminDep, store: StoreDep, settings: SettingsDep) -> Response:
     # A sync route on purpose: FastAPI runs it in a thread, so the database reads never block the event loop.
     fleet: FleetCollector | None = getattr(request.app.state, "fleet_metrics", None)

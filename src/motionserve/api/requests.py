@@ -16,6 +16,16 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from motionserve.api.deps import JobEventsDep, OwnerDep, StoreDep, request_base_url
 from motionserve.api.errors import REQUEST_ID_HEADER, ApiError
 from motionserve.api.ids import AppId, parse_endpoint_id, same_app
+from motionserve.api.responses import (
+    API_KEY,
+    CANCEL_STATUS,
+    QUEUE_STATUS_REF,
+    SSE_STATUS,
+    error,
+    errors,
+    failed_result,
+    json_body,
+)
 from motionserve.api.status import (
     RequestUrls,
     parse_logs_flag,
@@ -71,7 +81,8 @@ def _routes(path: str, method: str, **kwargs: Any) -> Callable[[Callable[..., An
 # Order matters: `{app:path}` is greedy, so the longer suffixes must be tried before the result route.
 
 
-@_routes(_PREFIX + "/status/stream", "GET", summary="Stream a request's status (SSE)", tags=["queue"])
+@_routes(_PREFIX + "/status/stream", "GET", summary="Stream a request's status (SSE)", tags=["queue"],
+         operation_id="stream_request_status", responses={200: SSE_STATUS, **errors(401, 404)}, openapi_extra=API_KEY)
 def stream_status(
     request: Request, app: str, request_id: str, owner: OwnerDep, store: StoreDep, job_events: JobEventsDep,
     logs: str | None = None,
@@ -86,7 +97,10 @@ def stream_status(
     )
 
 
-@_routes(_PREFIX + "/status", "GET", summary="Get a request's status", tags=["queue"])
+@_routes(_PREFIX + "/status", "GET", summary="Get a request's status", tags=["queue"], operation_id="get_request_status",
+         responses={200: json_body(QUEUE_STATUS_REF, "COMPLETED (done, failed or cancelled)"),
+                    202: json_body(QUEUE_STATUS_REF, "IN_QUEUE or IN_PROGRESS"), **errors(401, 404)},
+         openapi_extra=API_KEY)
 def get_status(
     request: Request, app: str, request_id: str, owner: OwnerDep, store: StoreDep, logs: str | None = None
 ) -> JSONResponse:
@@ -98,7 +112,10 @@ def get_status(
     return JSONResponse(body, status_code=status_code_for(job), headers={REQUEST_ID_HEADER: job.id})
 
 
-@_routes(_PREFIX + "/cancel", "PUT", summary="Cancel a request", tags=["queue"])
+@_routes(_PREFIX + "/cancel", "PUT", summary="Cancel a request", tags=["queue"], operation_id="cancel_request",
+         responses={202: json_body(CANCEL_STATUS, "Cancellation requested"), 400: json_body(CANCEL_STATUS, "Already completed"),
+                    404: json_body(CANCEL_STATUS, "Not found (or not the caller's)"), **errors(401)},
+         openapi_extra=API_KEY)
 def cancel(app: str, request_id: str, owner: OwnerDep, store: StoreDep) -> JSONResponse:
     headers = _id_header(request_id)
     found = _find(store, app, request_id, owner)
@@ -110,7 +127,10 @@ def cancel(app: str, request_id: str, owner: OwnerDep, store: StoreDep) -> JSONR
     return JSONResponse({"status": "CANCELLATION_REQUESTED"}, status_code=202, headers=headers)
 
 
-@_routes(_PREFIX, "GET", summary="Get a request's result", tags=["queue"])
+@_routes(_PREFIX, "GET", summary="Get a request's result", tags=["queue"], operation_id="get_request_result",
+         responses={200: json_body({"type": "object"}, "The endpoint's output"), **failed_result(),
+                    400: error("The request is still in progress"), **errors(401, 404)},
+         openapi_extra=API_KEY)
 def get_result(app: str, request_id: str, owner: OwnerDep, store: StoreDep) -> JSONResponse:
     _, job = _lookup(store, app, request_id, owner)
     return result_response(job)
