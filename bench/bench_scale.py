@@ -19,11 +19,16 @@ Five figures, each on what a fleet runs (SQLite beside it where the figure has a
 5. `fleet_claims_per_s`: claim -> finish cycles per second of many concurrent claimers, each its own
    `Store`, spread over a few processes, against one PostgreSQL database pre-filled with queued jobs,
    with every job's claims counted in the database afterwards (`claimed_twice` must be 0).
+6. `claim_cost`: what one claim costs with a deep queue (`--fair-jobs` 12 000 queued, 3/4 of them one
+   owner's, the rest spread over 40 owners): PostgreSQL's execution time of the claim's SELECT
+   (EXPLAIN ANALYZE) and one claimer's claim -> finish cycle, plain, with a per-owner running limit
+   and with a worker's warm preference; a submit's time with that queue; and fairness: the slot in
+   which one job of a newcomer starts behind another owner's 20.
 
 Not a test: figures depend on the machine and what else runs on it. Loopback only; each PostgreSQL
 figure gets a fresh database, dropped afterwards. The LAST line printed is one JSON object.
 
-    python bench/bench_scale.py [--only start,rps,streams,warm,fleet] [--backends sqlite,postgresql]
+    python bench/bench_scale.py [--only start,rps,streams,warm,fleet,claims] [--backends sqlite,postgresql]
 """
 
 from __future__ import annotations
@@ -60,7 +65,7 @@ from _common import BenchServer, cpu_seconds, rounded  # noqa: E402
 from bench_service import PAYLOAD, T2V, measure_rps  # noqa: E402
 from tests.e2e.server import ManagedProcess, base_env, free_port  # noqa: E402
 
-SECTIONS = ("start", "rps", "streams", "warm", "fleet")
+SECTIONS = ("start", "rps", "streams", "warm", "fleet", "claims")
 BACKENDS = ("sqlite", "postgresql")
 DEFAULT_ADMIN_URL = os.environ.get("MOTIONSERVE_BENCH_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 TARGETS = {"start_latency_s_postgresql": 0.05, "streams_ratio": 2.0, "fleet_jobs_per_s": 500, "claimed_twice": 0}
@@ -466,6 +471,120 @@ def claimed_twice(by_claimer: dict[str, list[str]], rows: list[Any]) -> int:
     return len(twice)
 
 
+# ---- 6. what one claim costs with a deep queue, and fairness --------------------------------------------
+
+
+def prefill_owners(store: Any, count: int, light_owners: int = 40) -> None:
+    """`count` queued jobs in one statement, 3/4 of them one heavy owner's, with the fair_seq one
+    submit at a time would have given them (each owner's 1, 2, 3... with nothing running)."""
+    from sqlalchemy import insert
+
+    from motionserve.database import db_now, jobs
+
+    fair = "fair_seq" in jobs.c  # absent before fair queuing: run this file on that commit for its figures
+    submitted: dict[str, int] = {}
+    with store.engine.begin() as conn:
+        now = db_now(conn)
+        rows = []
+        for i in range(count):
+            owner = "heavy" if i % 4 else f"light-{i // 4 % light_owners}"
+            submitted[owner] = submitted.get(owner, 0) + 1
+            rows.append({"id": str(uuid.uuid4()), "owner": owner, "endpoint_id": "bench/noop", "input": {}, "state": "queued",
+                         "priority": 0, "created_at": now, "changed_at": now, "attempts": 0, "cancel_requested": False,
+                         "base_url": "http://127.0.0.1", "no_retry": False, **({"fair_seq": submitted[owner]} if fair else {})})
+        conn.execute(insert(jobs), rows)
+        conn.exec_driver_sql("ANALYZE jobs")
+
+
+def claim_cost(root: Path, admin_url: str, queued: int, cycles: int) -> dict[str, Any]:
+    from motionserve.jobs.models import ClaimPreference
+
+    results: dict[str, Any] = {"queued": queued, "cycles": cycles}
+    prefer = ClaimPreference(warm_endpoints=frozenset({"bench/other"}), hints=frozenset({"none"}), max_wait_s=30.0)
+    variants = {"plain": {}, "running_limit": {"max_running_per_owner": 4}, "warm_preference": {"prefer": prefer}}
+    for name, claim in variants.items():
+        with postgres_database(admin_url) as url:
+            _, store = open_store(root / f"claims-{name}", url)
+            try:
+                prefill_owners(store, queued)
+                select_ms = statistics.median(claim_statement_ms(store, claim) for _ in range(15))
+                times = []
+                cpu = time.process_time()
+                for _ in range(cycles):
+                    started = time.perf_counter()
+                    job = store.claim("bench", 300.0, **claim)
+                    times.append(time.perf_counter() - started)
+                    store.finish(job.id, "bench", result={})
+                cycle_cpu_s = time.process_time() - cpu
+                submits, submit_cpu_s = [], 0.0
+                if name == "plain":
+                    cpu = time.process_time()
+                    submits = [timed_submit(store, f"light-{i % 40}") for i in range(cycles)]
+                    submit_cpu_s = time.process_time() - cpu
+            finally:
+                store.close()
+        results[name] = {"select_exec_ms": select_ms, "claim_ms_median": 1000 * statistics.median(times),
+                         "claim_ms_p90": 1000 * sorted(times)[int(0.9 * len(times))],
+                         "client_cpu_ms_per_cycle": 1000 * cycle_cpu_s / cycles}
+        if submits:
+            results["submit_ms_median"] = 1000 * statistics.median(submits)
+            results["submit_client_cpu_ms"] = 1000 * submit_cpu_s / cycles
+    results["newcomer_slot"] = newcomer_slot(root, admin_url)
+    return results
+
+
+def timed_submit(store: Any, owner: str) -> float:
+    started = time.perf_counter()
+    store.submit(owner=owner, endpoint_id="bench/noop", input={}, base_url="http://127.0.0.1")
+    return time.perf_counter() - started
+
+
+def claim_statement_ms(store: Any, claim: dict[str, Any]) -> float:
+    """PostgreSQL's execution time of the SELECT that picks the next job (what `claim` runs first),
+    by EXPLAIN ANALYZE of the very statement, in a transaction rolled back afterwards."""
+    from sqlalchemy import event
+
+    seen: list[float] = []
+
+    def explain(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> tuple[str, Any]:
+        if not seen and statement.lstrip().upper().startswith("SELECT") and "FOR UPDATE SKIP LOCKED" in statement:
+            cursor.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + statement, parameters)
+            seen.append(cursor.fetchone()[0][0]["Execution Time"])
+            raise _Explained
+        return statement, parameters
+
+    event.listen(store.engine, "before_cursor_execute", explain, retval=True)
+    try:
+        store.claim("bench-explain", 30.0, **claim)
+    except _Explained:
+        pass
+    finally:
+        event.remove(store.engine, "before_cursor_execute", explain)
+    return seen[0]
+
+
+class _Explained(Exception):
+    """Ends a claim once its SELECT has been explained: the transaction rolls back, nothing claimed."""
+
+
+def newcomer_slot(root: Path, admin_url: str) -> int:
+    """One owner submits 20 jobs and one starts; then another owner submits one: the number of jobs
+    that start before it (fair queuing: at most 1; first come, first served: 19)."""
+    with postgres_database(admin_url) as url:
+        _, store = open_store(root / "newcomer", url)
+        try:
+            for _ in range(20):
+                store.submit(owner="heavy", endpoint_id="bench/noop", input={}, base_url="http://127.0.0.1")
+            store.claim("bench", 300.0)
+            newcomer = store.submit(owner="newcomer", endpoint_id="bench/noop", input={}, base_url="http://127.0.0.1")
+            slot = 0
+            while (job := store.claim("bench", 300.0)) is not None and job.id != newcomer.id:
+                slot += 1
+            return slot
+        finally:
+            store.close()
+
+
 # ---- the run ------------------------------------------------------------------------------------------
 
 
@@ -501,6 +620,8 @@ def main() -> None:
     parser.add_argument("--claimer-processes", type=int, default=4, help="the claimers are spread over these, as threads")
     parser.add_argument("--fleet-jobs", type=int, default=12000, help="queued before the claimers start (enough for ~20 s)")
     parser.add_argument("--fleet-seconds", type=float, default=20.0)
+    parser.add_argument("--fair-jobs", type=int, default=12000, help="queued before the claim-cost figures")
+    parser.add_argument("--claim-cycles", type=int, default=300, help="claim -> finish cycles timed per claim variant")
     args = parser.parse_args()
     only = [s for s in args.only.split(",") if s]
     backends = [b for b in args.backends.split(",") if b]
@@ -509,7 +630,7 @@ def main() -> None:
         parser.error(f"unknown section or backend: {sorted(unknown)}")
 
     began = time.perf_counter()
-    figures: dict[str, Any] = {"machine": machine(args.postgres_admin_url, "postgresql" in backends or "fleet" in only)}
+    figures: dict[str, Any] = {"machine": machine(args.postgres_admin_url, "postgresql" in backends or {"fleet", "claims"} & set(only))}
     with tempfile.TemporaryDirectory(prefix="motionserve-scale-") as tmp:
         root = Path(tmp)
         if "start" in only:
@@ -552,6 +673,17 @@ def main() -> None:
             figures["fleet_claims_per_s"] = result
             print(f"fleet: {result['jobs_per_s']:.0f} job cycles/s ({result['operations_per_s']:.0f} store operations/s), "
                   f"{result['claimers']} claimers, claimed twice: {result['claimed_twice']}", flush=True)
+        if "claims" in only:
+            result = claim_cost(root, args.postgres_admin_url, args.fair_jobs, args.claim_cycles)
+            figures["claim_cost"] = result
+            for name in ("plain", "running_limit", "warm_preference"):
+                if name in result:
+                    print(f"claim ({name}, {result['queued']} queued): SELECT {result[name]['select_exec_ms']:.2f} ms in PostgreSQL, "
+                          f"claim {result[name]['claim_ms_median']:.2f} ms median, claimer CPU "
+                          f"{result[name]['client_cpu_ms_per_cycle']:.2f} ms per claim + finish", flush=True)
+            print(f"submit with {result['queued']} queued: {result['submit_ms_median']:.2f} ms median, client CPU "
+                  f"{result['submit_client_cpu_ms']:.2f} ms; fairness: a newcomer's job "
+                  f"started after {result['newcomer_slot']} of another owner's 20", flush=True)
     figures["machine"]["loadavg_1m_end"] = round(os.getloadavg()[0], 2)
     figures["targets"] = TARGETS
     figures["wall_s"] = time.perf_counter() - began
