@@ -2,6 +2,7 @@
 #   make serve     # creates .venv, installs torch 2.13.0 + motionserve, starts the server
 #   make test      # the whole test suite (what CI runs)
 #   make browser   # Debian's chromium, for the playground's browser tests (they skip without it)
+#   make fuzz      # schema fuzzing of a real server with many examples (before a release)
 # WEIGHTS=tiny make serve  -> tiny random models built locally: no downloads, for offline demos.
 
 PYTHON      ?= python3.11
@@ -17,7 +18,7 @@ PYTEST_ARGS ?=
 # CPU build from PyTorch's index instead; set TORCH_PIP_ARGS yourself to pick another (e.g. cu128).
 TORCH_PIP_ARGS ?= $(if $(shell command -v nvidia-smi 2>/dev/null),,--extra-index-url https://download.pytorch.org/whl/cpu)
 
-.PHONY: install js browser serve test test-fast bench clean
+.PHONY: install js browser serve test test-fast fuzz bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -46,6 +47,12 @@ test: install js
 # Everything but the end-to-end tests (which start real server processes).
 test-fast: install
 	$(PY) -m pytest -q --ignore=tests/e2e $(PYTEST_ARGS)
+
+# Schema fuzzing with many examples (a fresh server without workers, every OpenAPI document, every
+# Schemathesis check; `make test` runs the same with a few). The last line printed is a JSON summary.
+FUZZ_EXAMPLES ?= 100
+fuzz: install
+	$(PY) -m tests.e2e.fuzz --max-examples $(FUZZ_EXAMPLES)
 
 bench: install
 	$(PY) bench/bench_service.py
