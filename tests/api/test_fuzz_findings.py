@@ -6,11 +6,12 @@ fal's `{"detail": ...}` shape, never a 500.
 
 from __future__ import annotations
 
+from typing import Iterator
 from urllib.parse import quote
 
 import pytest
 
-from .conftest import Api
+from .conftest import Api, make_api
 
 APP = "/queue/test-owner/echo"
 
@@ -69,3 +70,28 @@ def test_put_on_a_complete_url_is_405_not_a_bad_part_number(api: Api) -> None:
 
     assert r.status_code == 405
     assert r.headers["allow"] == "POST"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def any_db_api(request: pytest.FixtureRequest, tmp_path) -> Iterator[Api]:
+    overrides = {"database_url": request.getfixturevalue("postgres_url")} if request.param == "postgresql" else {}
+    yield from make_api(tmp_path, **overrides)
+
+
+@pytest.mark.parametrize(("method", "path"), [
+    ("GET", f"{APP}/requests/a%00b/status"),
+    ("GET", f"{APP}/requests/a%00b"),
+    ("PUT", f"{APP}/requests/a%00b/cancel"),
+])
+def test_a_nul_in_a_request_id_is_a_404_on_every_database(any_db_api: Api, method: str, path: str) -> None:
+    # PostgreSQL refuses NUL in text: the lookup itself used to fail with a 500.
+    r = any_db_api.client.request(method, path, headers=any_db_api.auth)
+
+    assert r.status_code == 404, r.text
+
+
+def test_a_nul_in_the_history_filter_is_a_422_on_every_database(any_db_api: Api) -> None:
+    r = any_db_api.client.get("/requests", params={"endpoint_id": "a\x00b"}, headers=any_db_api.auth)
+
+    assert r.status_code == 422, r.text
+    assert r.json()["detail"][0]["loc"] == ["query", "endpoint_id"]

@@ -86,7 +86,8 @@ async def list_requests(
     owner: OwnerDep,
     store: StoreDep,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description="How many, newest first.")] = 20,
-    endpoint_id: Annotated[str | None, Query(description="Only requests to this endpoint.")] = None,
+    # No NUL (PostgreSQL text cannot hold one: it would fail the query) and no longer than an id can be.
+    endpoint_id: Annotated[str | None, Query(description="Only requests to this endpoint.", max_length=200, pattern=r"^[^\x00]*$")] = None,
 ) -> JSONResponse:
     jobs = await anyio.to_thread.run_sync(lambda: store.list_jobs(owner, limit=limit, endpoint_id=endpoint_id))
     base_url = request_base_url(request)

@@ -40,19 +40,22 @@ from motionserve.jobs.protocols import JobStore
 router = APIRouter()
 
 _PREFIX = "/queue/{app:path}/requests/{request_id}"
-# The id is echoed in `x-fal-request-id` even when unknown (as fal does), but only an id that can be a
-# header value: anything else in the URL (control characters, non-Latin-1) would fail the response.
-_ECHOABLE_ID = re.compile(r"[!-~]{1,128}")
+# Request ids are printable ASCII (UUIDs). Anything else in the URL is unknown without a lookup (a NUL
+# would make PostgreSQL fail the query), and is not echoed in `x-fal-request-id`, which fal echoes even
+# for an unknown id: control characters or non-Latin-1 in a header would fail the response itself.
+_POSSIBLE_ID = re.compile(r"[!-~]{1,128}")
 
 
 def _id_header(request_id: str) -> dict[str, str]:
-    return {REQUEST_ID_HEADER: request_id} if _ECHOABLE_ID.fullmatch(request_id) else {}
+    return {REQUEST_ID_HEADER: request_id} if _POSSIBLE_ID.fullmatch(request_id) else {}
 
 
 def _find(store: JobStore, app: str, request_id: str, owner: str) -> tuple[AppId, Job] | None:
     try:
         app_id = parse_endpoint_id(app)
     except ValueError:
+        return None
+    if not _POSSIBLE_ID.fullmatch(request_id):
         return None
     job = store.get(request_id)
     if job is None or job.owner != owner or not same_app(job.endpoint_id, app_id):
