@@ -103,6 +103,18 @@ def test_least_recently_used_pipelines_are_evicted_to_fit_the_budget(models_dir:
     assert manager.video_to_video().unet is reloaded.unet  # the group comes back whole
 
 
+def test_the_adapter_is_held_once_and_a_groups_size_is_known_before_it_loads(tiny_models: ModelManager) -> None:
+    """The motion UNet holds the adapter's tensors themselves (diffusers' own assembly copies them into a
+    new UNet), and what the checkpoint headers say a group takes is what it takes once loaded (the
+    buffers the files do not hold aside), so the budget can make room before any of it is read."""
+    for pipe in (tiny_models.text_to_video(), tiny_models.turbo()):
+        unet = {p.data_ptr() for p in pipe.unet.parameters()}
+        assert all(p.data_ptr() in unet for p in pipe.motion_adapter.parameters())
+    tiny_models.svd_lcm()
+    for group in ("animatediff", "turbo", "svd_lcm"):
+        assert tiny_models._weights_bytes(group) == pytest.approx(tiny_models._groups[group]["size"], rel=0.01)
+
+
 def test_using_a_pipeline_makes_it_most_recent(models_dir: Path, tiny_weights: Path) -> None:
     manager = ModelManager("tiny", models_dir, "cpu")
     manager.text_to_video()

@@ -1,16 +1,19 @@
 """Warm pipelines for one device: loaded once, kept, and evicted least-recently-used under a memory budget.
 
 Pipelines are grouped by what they share: text-to-video and video-to-video are one group (the v2v
-pipeline is `from_pipe` of the t2v one, same modules), turbo and SVD-LCM are groups of their own. A
-group is loaded on the CPU, measured (parameters and buffers), then moved to the device once enough
-least-recently-used groups have been evicted for it to fit in the budget. The budget counts weights
-only; activations need the rest of the device's memory.
+pipeline is `from_pipe` of the t2v one, same modules), turbo and SVD-LCM are groups of their own.
+Before a group is loaded, least-recently-used groups are evicted until its weights (counted from its
+safetensors headers) fit in the budget; then its weights are read from safetensors straight onto the
+device in the pipelines' dtype, with no staging copy on the CPU. Once loaded it is measured (parameters
+and buffers, shared storage once). The budget counts weights only; activations need the rest of the
+device's memory.
 """
 
 from __future__ import annotations
 
 import gc
 import logging
+import math
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -31,6 +34,13 @@ log = logging.getLogger(__name__)
 GB = 1024**3
 LCM_ADAPTER = "lcm"
 LCM_ADAPTER_SCALE = 1.0  # AnimateLCM's LoRA at full weight, as its authors run it
+# The weights each group reads: (checkpoint, its subfolders; "" the checkpoint itself). For its size
+# before it is loaded; the SVD-LCM UNet file is left out: it replaces the base UNet's weights.
+GROUP_WEIGHTS: dict[str, tuple[tuple[str, tuple[str, ...]], ...]] = {
+    "animatediff": (("sd15_base", ("unet", "vae", "text_encoder")), ("motion_adapter", ("",))),
+    "turbo": (("sd15_base", ("unet", "vae", "text_encoder")), ("animatelcm_adapter", ("",)), ("animatelcm_lora", ("",))),
+    "svd_lcm": (("svd_base", ("unet", "vae", "image_encoder")),),
+}
 
 
 class ModelManager:
@@ -112,7 +122,8 @@ class ModelManager:
         with self._lock:
             if group not in self._groups:
                 try:
-                    pipes = loader()  # on the CPU, so it can be measured before it takes device memory
+                    self._make_room(self._weights_bytes(group))
+                    pipes = loader()
                 except ModelUnavailableError:
                     raise
                 except (OSError, ValueError) as exc:
@@ -122,9 +133,9 @@ class ModelManager:
                         f"`motionserve models pull` or fix the paths in the weights map"
                     ) from exc
                 size = _module_bytes(pipes.values())
-                self._make_room(size)
+                self._make_room(size)  # in case the headers undercounted it (e.g. .bin weights)
                 for pipe in pipes.values():
-                    pipe.to(self.device)
+                    pipe.to(self.device)  # no-op for what was loaded onto the device: only small leftovers move
                     pipe.set_progress_bar_config(disable=True)
                 self._groups[group] = {"size": size, **pipes}
                 log.info("loaded %s (%.2f GB) on %s", group, size / GB, self.device)
@@ -143,19 +154,56 @@ class ModelManager:
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
+    def _weights_bytes(self, group: str) -> int:
+        """What `group`'s weights will take in the pipelines' dtype, from the safetensors headers alone."""
+        files: list[Path] = []
+        for name, subfolders in GROUP_WEIGHTS[group]:
+            root = self.checkpoints.path(name)
+            for where in (root / sub if sub else root for sub in subfolders):
+                # Not the variants some folders also hold (diffusion_pytorch_model.fp16.safetensors).
+                files += [where] if where.is_file() else [f for f in sorted(where.glob("*.safetensors")) if "." not in f.stem]
+        return _safetensors_bytes(files, torch.empty((), dtype=self.dtype).element_size())
+
     # -- loaders -----------------------------------------------------------------------------------
 
+    def _on_device(self) -> dict[str, Any]:
+        """`from_pretrained` arguments that read safetensors straight onto the device in the pipelines' dtype."""
+        return {"dtype": self.dtype, "device_map": {"": self.device}}
+
+    def _animatediff_modules(self, adapter_name: str) -> dict[str, Any]:
+        """The SD1.5 components and the motion UNet of SD1.5's UNet with `adapter_name`'s motion modules.
+
+        diffusers would build the motion UNet in the pipeline's constructor (`UNetMotionModel.from_unet2d`):
+        a randomly initialised fp32 model on the CPU that both are copied into, the adapter's weights then
+        held twice. Here it is built on the meta device and takes the loaded tensors themselves.
+        """
+        from accelerate import init_empty_weights
+        from diffusers import AutoencoderKL, MotionAdapter, UNet2DConditionModel, UNetMotionModel
+        from transformers import CLIPTextModel
+
+        base = self.checkpoints.path("sd15_base")
+        adapter = MotionAdapter.from_pretrained(self.checkpoints.path(adapter_name), **self._on_device())
+        unet = UNet2DConditionModel.from_pretrained(base, subfolder="unet", **self._on_device())
+        with init_empty_weights():
+            motion_unet = UNetMotionModel.from_unet2d(unet, adapter, load_weights=False)
+        motion_unet.load_state_dict({**unet.state_dict(), **adapter.state_dict()}, strict=True, assign=True)
+        return {
+            "unet": motion_unet,
+            "motion_adapter": adapter,
+            "vae": AutoencoderKL.from_pretrained(base, subfolder="vae", **self._on_device()),
+            "text_encoder": CLIPTextModel.from_pretrained(base, subfolder="text_encoder", **self._on_device()),
+        }
+
     def _load_animatediff(self) -> dict[str, Any]:
-        from diffusers import DDIMScheduler, MotionAdapter
+        from diffusers import DDIMScheduler
 
         from motionserve.inference.animatediff_pipelines import (
             MotionserveAnimateDiffPipeline,
             MotionserveAnimateDiffVideoToVideoPipeline,
         )
 
-        adapter = MotionAdapter.from_pretrained(self.checkpoints.path("motion_adapter"), dtype=self.dtype)
         t2v = MotionserveAnimateDiffPipeline.from_pretrained(
-            self.checkpoints.path("sd15_base"), motion_adapter=adapter, dtype=self.dtype
+            self.checkpoints.path("sd15_base"), **self._animatediff_modules("motion_adapter"), dtype=self.dtype
         )
         # AnimateDiff's documented schedule; the motion modules were trained with linear betas.
         t2v.scheduler = DDIMScheduler.from_config(
@@ -165,13 +213,12 @@ class ModelManager:
         return {"text_to_video": t2v, "video_to_video": v2v}
 
     def _load_turbo(self) -> dict[str, Any]:
-        from diffusers import LCMScheduler, MotionAdapter
+        from diffusers import LCMScheduler
 
         from motionserve.inference.animatediff_pipelines import MotionserveAnimateDiffVideoToVideoPipeline
 
-        adapter = MotionAdapter.from_pretrained(self.checkpoints.path("animatelcm_adapter"), dtype=self.dtype)
         pipe = MotionserveAnimateDiffVideoToVideoPipeline.from_pretrained(
-            self.checkpoints.path("sd15_base"), motion_adapter=adapter, dtype=self.dtype
+            self.checkpoints.path("sd15_base"), **self._animatediff_modules("animatelcm_adapter"), dtype=self.dtype
         )
         pipe.scheduler = LCMScheduler.from_config(pipe.scheduler.config, beta_schedule="linear")
         pipe.load_lora_weights(str(self.checkpoints.path("animatelcm_lora")), adapter_name=LCM_ADAPTER)
@@ -181,7 +228,7 @@ class ModelManager:
     def _load_svd_lcm(self) -> dict[str, Any]:
         from motionserve.inference.svd import load_svd_lcm
 
-        return {"svd_lcm": load_svd_lcm(self.checkpoints, torch.device("cpu"), self.dtype)}
+        return {"svd_lcm": load_svd_lcm(self.checkpoints, self.device, self.dtype)}
 
     # -- LoRAs -------------------------------------------------------------------------------------
 
@@ -207,17 +254,30 @@ class ModelManager:
 
 
 def _module_bytes(pipes: Any) -> int:
-    """Bytes of the parameters and buffers of the pipelines' modules, shared tensors counted once."""
-    seen: set[int] = set()
+    """Bytes of the parameters and buffers of the pipelines' modules, shared storage counted once (the
+    motion adapter's tensors are the motion UNet's)."""
+    seen: set[tuple[torch.device, int]] = set()
     total = 0
     for pipe in pipes:
         for component in pipe.components.values():
             if not isinstance(component, torch.nn.Module):
                 continue
             for tensor in [*component.parameters(), *component.buffers()]:
-                if id(tensor) not in seen:
-                    seen.add(id(tensor))
+                key = (tensor.device, tensor.data_ptr())
+                if key not in seen:
+                    seen.add(key)
                     total += tensor.numel() * tensor.element_size()
+    return total
+
+
+def _safetensors_bytes(files: list[Path], element_size: int) -> int:
+    """Bytes the tensors of `files` take at `element_size` bytes per value, read from their headers only."""
+    from safetensors import safe_open
+
+    total = 0
+    for file in files:
+        with safe_open(str(file), framework="pt") as weights:
+            total += sum(math.prod(weights.get_slice(key).get_shape()) for key in weights.keys()) * element_size
     return total
 
 
