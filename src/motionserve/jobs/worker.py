@@ -1,9 +1,11 @@
 """The worker supervisor: claims jobs for one device and keeps a model process to run them.
 
 It never runs model code itself, so it survives whatever the model process does. Its loop: make
-sure a model process is ready, say in the worker registry that it is alive, claim the job it would
-rather run (see `ClaimPreference`), and hand it to a `JobRun` (jobs/job_run.py), which watches it to
-the end. A fresh model process is started after every kill or crash. Idle, it sleeps until the
+sure a model process is ready (with `Settings.preload`'s pipelines loaded: until then the registry
+says `starting` and nothing is claimed), say in the worker registry that it is alive, claim the job it
+would rather run (see `ClaimPreference`), and hand it to a `JobRun` (jobs/job_run.py), which watches
+it to the end. A fresh model process is started after every kill or crash; one that cannot preload
+(`PreloadError`) ends the supervisor instead. Idle, it sleeps until the
 change watcher says a job was queued (LISTEN/NOTIFY on PostgreSQL), with a slow timer as fallback.
 Jobs whose handler returned while their output file is still being stored (`FinishingRuns`) are
 watched meanwhile: by the next job's `JobRun`, or, idle, by the supervisor itself.
