@@ -95,3 +95,13 @@ def test_a_nul_in_the_history_filter_is_a_422_on_every_database(any_db_api: Api)
 
     assert r.status_code == 422, r.text
     assert r.json()["detail"][0]["loc"] == ["query", "endpoint_id"]
+
+
+def test_a_cancel_path_no_route_matches_is_a_404_the_document_declares(api: Api) -> None:
+    # A newline in the app part matches no route: the router's 404 carries `detail`, not the
+    # cancel route's `{"status": "NOT_FOUND"}`; the document used to allow only the latter.
+    r = api.client.put("/queue/test-owner/ec%0Aho/requests/some-id/cancel", headers=api.auth)
+    declared = api.client.get("/openapi.json").json()["paths"]["/queue/{app}/requests/{request_id}/cancel"]["put"]["responses"]["404"]
+
+    assert r.status_code == 404 and "detail" in r.json()
+    assert {"$ref": "#/components/schemas/FalError"} in declared["content"]["application/json"]["schema"]["anyOf"]

@@ -19,6 +19,7 @@ from motionserve.api.ids import AppId, parse_endpoint_id, same_app
 from motionserve.api.responses import (
     API_KEY,
     CANCEL_STATUS,
+    FAL_ERROR_REF,
     QUEUE_STATUS_REF,
     SSE_STATUS,
     error,
@@ -117,7 +118,9 @@ def get_status(
 
 @_routes(_PREFIX + "/cancel", "PUT", summary="Cancel a request", tags=["queue"], operation_id="cancel_request",
          responses={202: json_body(CANCEL_STATUS, "Cancellation requested"), 400: json_body(CANCEL_STATUS, "Already completed"),
-                    404: json_body(CANCEL_STATUS, "Not found (or not the caller's)"), **errors(401)},
+                    404: json_body({"anyOf": [CANCEL_STATUS, FAL_ERROR_REF]},
+                                   "Not found (or not the caller's); `detail` instead when the path matches no route"),
+                    **errors(401)},
          openapi_extra=API_KEY)
 def cancel(app: str, request_id: str, owner: OwnerDep, store: StoreDep) -> JSONResponse:
     headers = _id_header(request_id)

@@ -36,7 +36,7 @@ ERROR_SCHEMA: dict[str, Any] = {
         "error_type": {"type": "string"},
     },
 }
-_ERROR_REF = {"$ref": f"#/components/schemas/{ERROR_COMPONENT}"}
+FAL_ERROR_REF = {"$ref": f"#/components/schemas/{ERROR_COMPONENT}"}
 
 Responses = dict[int | str, dict[str, Any]]
 
@@ -46,7 +46,7 @@ def json_body(schema: Mapping[str, Any], description: str) -> dict[str, Any]:
 
 
 def error(description: str) -> dict[str, Any]:
-    return json_body(_ERROR_REF, description)
+    return json_body(FAL_ERROR_REF, description)
 
 
 def errors(*codes: int) -> Responses:
