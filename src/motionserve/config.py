@@ -73,6 +73,14 @@ class Settings(BaseSettings):
     # defaults). More overlap: smoother seams between windows, more motion-module work.
     context_length: int = Field(16, ge=2, le=32)
     context_overlap: int = Field(4, ge=0)
+    # Speed-ups applied once as a pipeline loads (inference.speedups; figures in bench/README.md):
+    # fused attention projections and channels-last convolutions in the UNet and VAE; torch.compile of
+    # the UNet and VAE decoder, one compile per latent shape, kept on disk in compile_cache_dir
+    # (default data_dir/compile-cache) for restarts.
+    fuse_qkv: bool = False
+    channels_last: bool = False
+    torch_compile: bool = False
+    compile_cache_dir: Path | None = None
 
     @field_validator("devices", "tls_names", mode="before")
     @classmethod
@@ -109,6 +117,10 @@ class Settings(BaseSettings):
     @property
     def tls_dir(self) -> Path:
         return Path(self.data_dir) / "tls"
+
+    @property
+    def compile_cache_path(self) -> Path:
+        return Path(self.compile_cache_dir) if self.compile_cache_dir else Path(self.data_dir) / "compile-cache"
 
     @property
     def models_dir(self) -> Path:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import gc
 import logging
 import math
+import re
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -24,6 +25,7 @@ import torch
 from motionserve.config import Settings
 from motionserve.errors import ModelUnavailableError
 from motionserve.inference.context_windows import ContextWindows
+from motionserve.inference.speedups import ALL, NONE, Speedups, apply_speedups
 from motionserve.inference.weights import Checkpoints, LoraSourceError, load_checkpoints, lora_weights_file, resolve_lora_source
 
 if TYPE_CHECKING:
@@ -40,6 +42,15 @@ GROUP_WEIGHTS: dict[str, tuple[tuple[str, tuple[str, ...]], ...]] = {
     "animatediff": (("sd15_base", ("unet", "vae", "text_encoder")), ("motion_adapter", ("",))),
     "turbo": (("sd15_base", ("unet", "vae", "text_encoder")), ("animatelcm_adapter", ("",)), ("animatelcm_lora", ("",))),
     "svd_lcm": (("svd_base", ("unet", "vae", "image_encoder")),),
+}
+
+
+# Per group, how far the speed-ups reach (see inference.speedups): the UNet attention that keeps separate
+# projections because LoRAs are loaded into it, and whether the UNet is compiled. Text-to-video's motion
+# LoRAs go into the motion modules (never fused; a compile per motion set); turbo's LCM and user LoRAs
+# into the UNet's own attention, set per request: neither fused nor compiled there.
+SPEEDUP_SCOPES: dict[str, tuple[re.Pattern[str], bool]] = {
+    "animatediff": (NONE, True), "turbo": (ALL, False), "svd_lcm": (NONE, True),
 }
 
 
@@ -60,6 +71,7 @@ class ModelManager:
         lora_dir: Path | None = None,
         max_lora_bytes: int | None = None,
         context_windows: ContextWindows = ContextWindows(),
+        speedups: Speedups = Speedups(),
     ) -> None:
         self.device = torch.device(device)
         # Half precision on GPUs (how the checkpoints are meant to run); CPUs are slow and inexact in fp16.
@@ -68,6 +80,7 @@ class ModelManager:
         self.lora_dir = lora_dir  # the only place user LoRAs given as local paths may come from
         self.max_lora_bytes = max_lora_bytes
         self.context_windows = context_windows  # the endpoints' windows for long AnimateDiff clips
+        self.speedups = speedups  # applied to each group once, as it loads
         self.checkpoints: Checkpoints = load_checkpoints(weights, tiny_root=Path(cache_dir) / "tiny")
         self._groups: OrderedDict[str, dict[str, Any]] = OrderedDict()  # group -> {"size": bytes, pipeline name -> pipe}
         self._motion_loras: dict[str, dict[str, torch.Tensor]] = {}
@@ -86,6 +99,7 @@ class ModelManager:
             settings.weights, settings.models_dir, device, budget,
             lora_dir=settings.user_lora_dir, max_lora_bytes=settings.max_fetch_bytes,
             context_windows=ContextWindows(settings.context_length, settings.context_overlap),
+            speedups=Speedups.from_settings(settings),
         )
 
     # -- pipelines ---------------------------------------------------------------------------------
@@ -132,6 +146,9 @@ class ModelManager:
                         f"the {group} pipeline could not be loaded from its checkpoints ({exc}); re-run "
                         f"`motionserve models pull` or fix the paths in the weights map"
                     ) from exc
+                # Once per group: its pipelines share their UNet and VAE. Before measuring: fused layers add weights.
+                keep_unfused, compile_unet = SPEEDUP_SCOPES[group]
+                apply_speedups(next(iter(pipes.values())), self.speedups, keep_unfused=keep_unfused, compile_unet=compile_unet)
                 size = _module_bytes(pipes.values())
                 self._make_room(size)  # in case the headers undercounted it (e.g. .bin weights)
                 for pipe in pipes.values():
