@@ -119,6 +119,16 @@ def test_context_windows_follow_the_frame_count(tiny_models: Any) -> None:
     assert not pipe.free_noise_enabled
 
 
+def test_switching_windows_keeps_the_motion_adapters_tensors(tiny_models: Any) -> None:
+    """On and off, the motion modules keep the adapter's very tensors (no copy, no second set in memory)."""
+    pipe = tiny_models.text_to_video()
+    adapter = {p.data_ptr() for p in pipe.motion_adapter.parameters()}
+    for frames in (40, 16, 48, 8):
+        configure_context_windows(pipe, frames, tiny_models.context_windows)
+        assert adapter <= {p.data_ptr() for p in pipe.unet.parameters()}
+    assert not any(p.is_meta for p in pipe.unet.parameters()) and not any(b.is_meta for b in pipe.unet.buffers())
+
+
 def test_motion_loras_are_loaded_once_each_and_removed_even_on_error(tiny_models: Any) -> None:
     pipe = tiny_models.text_to_video()
     with motion_loras(pipe, ["zoom-in", "zoom-in", "pan-left"], tiny_models.motion_lora_state_dict) as names:

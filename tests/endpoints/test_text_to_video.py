@@ -6,6 +6,7 @@ the endpoint's defaults (512×512, 16 frames, 25 steps, CFG).
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import numpy as np
@@ -214,8 +215,11 @@ def test_more_than_32_frames_use_batched_windows_and_match_diffusers_looped_free
     pipe = ctx.models.text_to_video()
     assert any(isinstance(m, BatchedWindowsBlock) for m in pipe.unet.modules())
 
-    pipe.disable_free_noise()  # the UNet is shared: diffusers' own blocks for the reference
-    plain = plain_pipeline(pipe)
+    # diffusers' own looped blocks for the reference, in a copy of the UNet: diffusers' FreeNoise switch
+    # copies the weights, and the session's pipelines must keep sharing the motion adapter's tensors.
+    plain = AnimateDiffPipeline(**{**pipe.components, "unet": copy.deepcopy(pipe.unet)})
+    plain.set_progress_bar_config(disable=True)
+    plain.disable_free_noise()
     windows = ctx.models.context_windows
     plain.enable_free_noise(context_length=windows.length, context_stride=windows.stride)
     try:

@@ -44,7 +44,7 @@ def _diffusers_loop(basic: BasicTransformerBlock, windows: ContextWindows) -> Fr
 )
 def test_batched_windows_equal_diffusers_looped_windows(basic: BasicTransformerBlock, frames: int, length: int, overlap: int) -> None:
     windows = ContextWindows(length, overlap)
-    batched = BatchedWindowsBlock.from_basic(basic, windows, "pyramid").eval()
+    batched = BatchedWindowsBlock.from_block(basic, windows, "pyramid").eval()
     hidden = torch.randn(2 * 3 * 3, frames, BLOCK["dim"], generator=torch.Generator().manual_seed(frames))
     with torch.no_grad():
         torch.testing.assert_close(batched(hidden), _diffusers_loop(basic, windows)(hidden), **TOLERANCE)
@@ -55,7 +55,7 @@ def test_batched_windows_equal_diffusers_looped_windows(basic: BasicTransformerB
 def test_windows_in_groups_equal_all_at_once(basic: BasicTransformerBlock, frames: int, per_call: int) -> None:
     """`windows_per_call` (1: one window per call, a plain loop) changes memory, not the result; also
     with a tail window (45 and 77 frames)."""
-    batched = BatchedWindowsBlock.from_basic(basic, ContextWindows(16, 4), "pyramid").eval()
+    batched = BatchedWindowsBlock.from_block(basic, ContextWindows(16, 4), "pyramid").eval()
     hidden = torch.randn(9, frames, BLOCK["dim"], generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         everything = batched(hidden)
@@ -67,7 +67,7 @@ def test_tail_window_frames_are_a_weighted_mean(basic: BasicTransformerBlock) ->
     """45 frames: windows at 0, 12, 24 and a tail at 29. The last five frames are in the tail window only,
     so they must equal that window's own result (a mean over one window is the window)."""
     windows = ContextWindows(16, 4)
-    batched = BatchedWindowsBlock.from_basic(basic, windows, "pyramid").eval()
+    batched = BatchedWindowsBlock.from_block(basic, windows, "pyramid").eval()
     hidden = torch.randn(9, 45, BLOCK["dim"], generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         whole = batched(hidden)

@@ -2,7 +2,8 @@
 
 FreeNoise (`enable_free_noise`) swaps the motion modules' transformer blocks for windowed ones; these
 pipelines swap in `context_windows.BatchedWindowsBlock`, which runs all windows of a block in one call
-instead of diffusers' loop over them, with the same weights and results.
+instead of diffusers' loop over them, with the same results, and both ways (`disable_free_noise` too)
+the blocks keep the very parameter tensors rather than copies.
 
 The endpoints encode prompts themselves (A1111-style weights, `prompt_weighting`) and pass
 `prompt_embeds`/`negative_prompt_embeds`. diffusers 0.42 refuses embeddings once FreeNoise is enabled
@@ -17,9 +18,10 @@ from typing import Any
 
 import torch
 from diffusers import AnimateDiffPipeline, AnimateDiffVideoToVideoPipeline
+from diffusers.models.attention import FreeNoiseTransformerBlock
 from diffusers.models.unets.unet_motion_model import CrossAttnDownBlockMotion, DownBlockMotion, UpBlockMotion
 
-from motionserve.inference.context_windows import BatchedWindowsBlock, ContextWindows
+from motionserve.inference.context_windows import BatchedWindowsBlock, ContextWindows, plain_block
 
 
 class _MotionserveFreeNoise:
@@ -31,7 +33,7 @@ class _MotionserveFreeNoise:
         self, block: CrossAttnDownBlockMotion | DownBlockMotion | UpBlockMotion
     ) -> None:
         # diffusers' version of this makes its looped FreeNoiseTransformerBlock; the rest of
-        # enable/disable_free_noise (noise shuffling, prompt layout, turning blocks back) is unchanged.
+        # enable/disable_free_noise (noise shuffling, prompt layout) is unchanged.
         windows = ContextWindows(
             self._free_noise_context_length, self._free_noise_context_length - self._free_noise_context_stride
         )
@@ -43,7 +45,17 @@ class _MotionserveFreeNoise:
                         windows.length, windows.stride, self._free_noise_weighting_scheme
                     )
                 else:
-                    blocks[i] = BatchedWindowsBlock.from_basic(transformer_block, windows, self._free_noise_weighting_scheme)
+                    blocks[i] = BatchedWindowsBlock.from_block(transformer_block, windows, self._free_noise_weighting_scheme)
+
+    def _disable_free_noise_in_block(  # type: ignore[override]
+        self, block: CrossAttnDownBlockMotion | DownBlockMotion | UpBlockMotion
+    ) -> None:
+        # As diffusers', but the plain blocks keep the windowed ones' tensors (context_windows._rebuild).
+        for motion_module in block.motion_modules:
+            blocks = motion_module.transformer_blocks
+            for i, transformer_block in enumerate(blocks):
+                if isinstance(transformer_block, FreeNoiseTransformerBlock):
+                    blocks[i] = plain_block(transformer_block)
 
     def _encode_prompt_free_noise(  # type: ignore[override]
         self,

@@ -13,6 +13,7 @@ Same parameters and the same arithmetic per window, so the output equals the loo
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from diffusers.models.attention import BasicTransformerBlock, FreeNoiseTransformerBlock, _chunked_feed_forward
@@ -63,32 +64,13 @@ class BatchedWindowsBlock(FreeNoiseTransformerBlock):
     windows_per_call: int | None = None
 
     @classmethod
-    def from_basic(
+    def from_block(
         cls, block: BasicTransformerBlock | FreeNoiseTransformerBlock, windows: ContextWindows, weighting_scheme: str
     ) -> "BatchedWindowsBlock":
-        """The windowed form of a motion module's plain block (or of diffusers' looped one), with its
-        weights, built as diffusers' FreeNoise builds its own blocks."""
-        batched = cls(
-            dim=block.dim,
-            num_attention_heads=block.num_attention_heads,
-            attention_head_dim=block.attention_head_dim,
-            dropout=block.dropout,
-            cross_attention_dim=block.cross_attention_dim,
-            activation_fn=block.activation_fn,
-            attention_bias=block.attention_bias,
-            only_cross_attention=block.only_cross_attention,
-            double_self_attention=block.double_self_attention,
-            positional_embeddings=block.positional_embeddings,
-            num_positional_embeddings=block.num_positional_embeddings,
-            context_length=windows.length,
-            context_stride=windows.stride,
-            weighting_scheme=weighting_scheme,
-        )
-        parameter = next(block.parameters())
-        batched.to(device=parameter.device, dtype=parameter.dtype)
-        batched.load_state_dict(block.state_dict(), strict=True)
-        batched.set_chunk_feed_forward(block._chunk_size, block._chunk_dim)
-        return batched
+        """The windowed form of a motion module's plain block (or of diffusers' looped one), holding the
+        block's own parameter tensors."""
+        return _rebuild(cls, block, context_length=windows.length, context_stride=windows.stride,
+                        weighting_scheme=weighting_scheme)
 
     def forward(  # type: ignore[override]
         self,
@@ -168,6 +150,36 @@ class BatchedWindowsBlock(FreeNoiseTransformerBlock):
                 normed, encoder_hidden_states=encoder_hidden_states, attention_mask=encoder_attention_mask, **kwargs
             )
         return windowed
+
+
+def plain_block(block: FreeNoiseTransformerBlock) -> BasicTransformerBlock:
+    """A windowed block back in its plain form, holding the same parameter tensors."""
+    return _rebuild(BasicTransformerBlock, block)
+
+
+def _rebuild(cls: type, block: BasicTransformerBlock | FreeNoiseTransformerBlock, **extra: object) -> Any:
+    """`block` as a `cls` with the same configuration (what diffusers' FreeNoise passes on), built on the
+    meta device and then given `block`'s tensors themselves. diffusers instead initialises a new block
+    at random on the CPU and copies the weights in: seconds per switch at full size, and afterwards the
+    motion adapter's tensors (which the UNet shares, inference/models.py) are held twice."""
+    with torch.device("meta"):
+        rebuilt = cls(
+            dim=block.dim,
+            num_attention_heads=block.num_attention_heads,
+            attention_head_dim=block.attention_head_dim,
+            dropout=block.dropout,
+            cross_attention_dim=block.cross_attention_dim,
+            activation_fn=block.activation_fn,
+            attention_bias=block.attention_bias,
+            only_cross_attention=block.only_cross_attention,
+            double_self_attention=block.double_self_attention,
+            positional_embeddings=block.positional_embeddings,
+            num_positional_embeddings=block.num_positional_embeddings,
+            **extra,
+        )
+    rebuilt.load_state_dict(block.state_dict(), strict=True, assign=True)
+    rebuilt.set_chunk_feed_forward(block._chunk_size, block._chunk_dim)
+    return rebuilt.train(block.training)
 
 
 def _per_window(tensor: torch.Tensor | None, count: int) -> torch.Tensor | None:
