@@ -167,6 +167,9 @@ class Bench:
             "e2e_cpu_s": median(r.cpu for r in e2e_runs),
             "cpu_ratio": ratio(median(r.cpu for r in e2e_runs), median(r.cpu for r in bare_runs)),
             "e2e_model_cpu_s": median(r.model_cpu for r in e2e_runs),
+            # The model process's CPU against the bare call's: the service's own work on the model's side,
+            # free of how a loaded machine shares its CPUs between the two forms.
+            "model_cpu_ratio": ratio(median(r.model_cpu for r in e2e_runs), median(r.cpu for r in bare_runs)),
             "e2e_service_cpu_s": median(_minus(r.cpu, r.model_cpu) for r in e2e_runs),  # server + client
             # Where e2e - bare goes: the handler's own extra work (fetch, decode, prompt weighting, MP4
             # encode, store) and the service around it (queue claim, polling, result and download).
