@@ -37,6 +37,12 @@ def target(server_factory) -> Iterator[Target]:
     srv.stop()
 
 
+def documented_operations(target: Target, document: str) -> int:
+    with target.server.http() as http:
+        paths = http.get(document).json()["paths"]
+    return sum(1 for item in paths.values() for method in item if method in ("get", "put", "post", "delete", "patch"))
+
+
 def cancelled_requests(target: Target, endpoint_id: str | None) -> int:
     params = {"limit": 100, **({"endpoint_id": endpoint_id} if endpoint_id else {})}
     with target.server.http(target.key) as http:
@@ -55,6 +61,6 @@ def test_no_answer_is_a_server_error_or_undocumented(target: Target, document: s
     )
 
     assert result.ok, result.explain()
-    assert result.operations == (30 if document == APP_DOCUMENT else 4), result.explain()
+    assert result.operations == documented_operations(target, document), result.explain()
     # The stateful phase followed the links from a submit to its request: real ids were cancelled.
     assert cancelled_requests(target, endpoint_id) > cancelled_before, result.explain()
