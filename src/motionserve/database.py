@@ -13,6 +13,7 @@ and one failing later with "database is locked" on upgrade.
 from __future__ import annotations
 
 import logging
+import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -224,8 +225,8 @@ def make_engine(url: str) -> Engine:
         # (the recipe from SQLAlchemy's pysqlite documentation).
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA journal_mode=WAL")
         cur.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
+        _use_wal(cur)
         cur.execute("PRAGMA foreign_keys=ON")
         cur.execute("PRAGMA synchronous=NORMAL")  # safe with WAL; a crash loses at most the last commits
         cur.close()
@@ -244,6 +245,21 @@ def db_now(conn: Connection) -> float:
     if conn.dialect.name == "postgresql":
         return float(conn.exec_driver_sql("SELECT extract(epoch from clock_timestamp())::float8").scalar_one())
     return time.time()
+
+
+def _use_wal(cur: Any) -> None:
+    """Switch the database file to WAL (a lasting property of the file, so usually already done).
+    The switch needs a moment alone with the file and SQLite does not wait on its busy handler for
+    it: several processes opening a new database at once retry here instead of failing to start."""
+    for _ in range(50):
+        try:
+            if cur.execute("PRAGMA journal_mode=WAL").fetchone()[0].lower() == "wal":
+                return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc):
+                raise
+        time.sleep(0.1)
+    raise RuntimeError("could not switch the SQLite database to WAL: another process keeps it locked")
 
 
 def unreachable(exc: BaseException) -> bool:
