@@ -73,7 +73,6 @@ ERROR_DESCRIPTIONS = {
 # Every route that takes `Authorization: Key KEY_ID:SECRET` says so (apiKeyAuth in openapi.py).
 API_KEY = {"security": [{"apiKeyAuth": []}]}
 
-AUTHENTICATED = errors(401)
 ADMIN_ONLY = errors(401, 403)
 # A stored file: any media type (what was uploaded, or an MP4/WebP the server made).
 ANY_FILE = {"description": "The file", "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}}}
