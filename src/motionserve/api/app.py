@@ -56,9 +56,11 @@ _HEALTH = {"type": "object", "required": ["status"], "properties": {"status": {"
 def health(request: Request, store: StoreDep, settings: SettingsDep) -> JSONResponse:
     try:
         workers = _live_workers(store, settings)  # a real round trip to the database
-    except Exception as exc:  # any driver error means "not healthy", with the reason
-        log.warning("health check: store unreachable: %s", exc)
-        return JSONResponse({"status": "unhealthy", "detail": f"store unreachable: {exc}"}, status_code=503)
+    except Exception as exc:  # any driver error means "not healthy"
+        # /health needs no key: the driver's message (host, port, user) goes to the log only.
+        log.warning("health check: store unreachable: %s", str(exc).splitlines()[0] if str(exc) else repr(exc))
+        detail = f"store unreachable ({type(exc).__name__}); the server log has the reason"
+        return JSONResponse({"status": "unhealthy", "detail": detail}, status_code=503)
     return JSONResponse(
         {
             "status": "ok",
