@@ -2,9 +2,9 @@
 computes, within a stated tolerance, and leaves alone the layers LoRAs and FreeNoise need.
 
 Tolerance: fp32 on the CPU, outputs in [0, 1]. Fusing projections and changing memory layouts reorder
-the same sums (oneDNN picks other kernels), and compiled kernels fuse and reorder them further; 1e-4 is
-far above that rounding (~1e-6 seen) and far below any real change (a skipped LoRA moves outputs by
-~1e-2 on these weights).
+the same sums (oneDNN picks other kernels), and compiled kernels fuse and reorder them further. Seen on
+the tiny and bench weights: fused projections ~1e-6, channels-last up to 6e-5 (the random weights'
+VAE amplifies rounding). 1e-3 leaves room for other CPUs' kernels.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from motionserve.config import Settings
 from motionserve.inference.models import ModelManager
 from motionserve.inference.speedups import Speedups
 
-TOLERANCE = 1e-4
+TOLERANCE = 1e-3
 
 
 def _t2v(manager: ModelManager, num_frames: int = 8) -> np.ndarray:
