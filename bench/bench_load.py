@@ -411,12 +411,13 @@ def warm_up_model(server: BenchServer, key: str) -> None:
         r = http.post(f"/queue/{T2V}", json=JOB)
         r.raise_for_status()
         deadline = time.monotonic() + 600
-        while (status := http.get(r.json()["status_url"]).json())["status"] != "COMPLETED":
+        while (status := http.get(r.json()["status_url"], params={"logs": "1"}).json())["status"] != "COMPLETED":
             if time.monotonic() > deadline:
                 raise RuntimeError("the warm-up job did not complete in 600 s")
             time.sleep(0.2)
         if status.get("error"):
-            raise RuntimeError(f"the warm-up job failed: {status}; log {server.process.log_path}")
+            errors = [line["message"] for line in status.get("logs") or [] if line.get("level") == "ERROR"]
+            raise RuntimeError(f"the warm-up job failed: {status.get('error')}\n" + "\n".join(errors))
 
 
 def main() -> None:
