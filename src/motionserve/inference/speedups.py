@@ -16,6 +16,8 @@ What each leaves alone, and why:
   frame count, windows on or off), up to dynamo's recompile limit, after which that module runs eager.
   Compiled kernels are cached on disk (inductor's FX graph cache, `TORCHINDUCTOR_CACHE_DIR`), so a
   restarted worker skips code generation for shapes it has seen; dynamo's tracing is paid again.
+  The AnimateDiff UNet traces whole (no graph breaks), with context windows (`BatchedWindowsBlock`) as
+  without: turning windows on for a long clip is one more graph, not a fallback to eager.
 """
 
 from __future__ import annotations
