@@ -59,13 +59,13 @@ def manager(models_dir: Path, tiny_weights: Path) -> Any:
 
 
 def test_settings_parse_the_options_from_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    assert Speedups.from_settings(Settings(data_dir=tmp_path)) == Speedups(False, False, False, tmp_path / "compile-cache")
+    assert Speedups.from_settings(Settings(data_dir=tmp_path)) == Speedups(False, True, False, tmp_path / "compile-cache")
     monkeypatch.setenv("MOTIONSERVE_FUSE_QKV", "true")
-    monkeypatch.setenv("MOTIONSERVE_CHANNELS_LAST", "1")
+    monkeypatch.setenv("MOTIONSERVE_CHANNELS_LAST", "0")
     monkeypatch.setenv("MOTIONSERVE_TORCH_COMPILE", "yes")
     monkeypatch.setenv("MOTIONSERVE_COMPILE_CACHE_DIR", str(tmp_path / "kernels"))
-    assert Speedups.from_settings(Settings(data_dir=tmp_path)) == Speedups(True, True, True, tmp_path / "kernels")
-    assert Speedups.from_settings(Settings(data_dir=tmp_path, channels_last=False)).channels_last is False
+    assert Speedups.from_settings(Settings(data_dir=tmp_path)) == Speedups(True, False, True, tmp_path / "kernels")
+    assert Speedups.from_settings(Settings(data_dir=tmp_path, channels_last=True)).channels_last is True  # flags win
 
 
 @pytest.mark.parametrize("options", [{"fuse_qkv": True}, {"channels_last": True}], ids=["fuse_qkv", "channels_last"])
@@ -140,3 +140,7 @@ def test_compiled_decoder_matches_eager_compiles_once_per_shape_and_is_cached_on
     assert np.abs(_turbo(reloaded) - first).max() <= TOLERANCE
     assert counters["inductor"]["fxgraph_cache_hit"] > hits
     torch._dynamo.reset()
+
+
+def test_turbo_with_its_lcm_lora_matches_eager_channels_last(tiny_models: ModelManager, manager: Any) -> None:
+    assert np.abs(_turbo(manager(channels_last=True)) - _turbo(tiny_models)).max() <= TOLERANCE
