@@ -22,19 +22,16 @@ What each leaves alone, and why:
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
 if TYPE_CHECKING:
     from motionserve.config import Settings
-
-log = logging.getLogger(__name__)
 
 ALL = re.compile("")  # every attention layer of a module
 NONE = re.compile(r"(?!)")
@@ -78,7 +75,7 @@ def apply_speedups(
         compile_module(vae.decoder)
 
 
-def fuse_attention_projections(module: torch.nn.Module, keep: Any) -> int:
+def fuse_attention_projections(module: torch.nn.Module, keep: Callable[[str], bool]) -> int:
     """Fuse the projections of `module`'s attention layers that run diffusers' plain SDPA processor,
     except those whose name `keep(name)` is true. Returns how many were fused."""
     from diffusers.models.attention_processor import Attention, AttnProcessor2_0, FusedAttnProcessor2_0
