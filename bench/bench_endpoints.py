@@ -58,6 +58,11 @@ TARGET_RATIO_64_16 = 4.4
 TARGET_PREVIEWS_RATIO = 1.03
 DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "motionserve-bench"
 
+# The bare side is plain diffusers: the server runs without its speed-up options (channels-last is on
+# by default) so that e2e / bare measures what the service adds, not a different model layout.
+# bench_options.py measures the options themselves.
+SAME_WORK_AS_BARE = {"MOTIONSERVE_CHANNELS_LAST": "false", "MOTIONSERVE_FUSE_QKV": "false", "MOTIONSERVE_TORCH_COMPILE": "false"}
+
 
 @dataclass
 class Run:
@@ -80,7 +85,7 @@ class Bench:
         self.cuda = args.device.startswith("cuda")
         self.dtype = torch.float16 if self.cuda else torch.float32  # what the server's ModelManager uses
         self.server = BenchServer.start(workdir / case.key, weights=weights.server_arg, device=args.device,
-                                        log_dir=workdir, name=f"server-{case.key}")
+                                        log_dir=workdir, name=f"server-{case.key}", env=SAME_WORK_AS_BARE)
         try:
             self.client = QueueClient(self.server.base_url, self.server.create_key(), poll_s=args.poll_interval)
             self.pipe = case.load(weights, args.device, self.dtype)
@@ -351,7 +356,7 @@ class _PreviewForm:
               env: dict[str, str]) -> "_PreviewForm":
         name = f"server-{case.key}-previews-{label}"
         server = BenchServer.start(workdir / name, weights=weights.server_arg, device=args.device, log_dir=workdir,
-                                   name=name, env=env)
+                                   name=name, env={**SAME_WORK_AS_BARE, **env})
         try:
             client = QueueClient(server.base_url, server.create_key(), poll_s=args.poll_interval)
             media = {field: client.upload(data, content_type=content_type, file_name=file_name)
