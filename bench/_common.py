@@ -63,7 +63,7 @@ class BenchServer:
         server = cls(data_dir, port, process)
         try:
             server._wait_healthy()
-        except Exception:
+        except BaseException:  # an interrupt too: never leave a server behind
             process.stop()
             raise
         return server

@@ -19,10 +19,15 @@ windows): `ratio_64_16` (target <= 4.4; 4.0 is linear). SVD-LCM always makes 25 
 
     python bench/bench_endpoints.py --endpoint {t2v,v2v,turbo,svd-lcm,all} [--size tiny|small|full]
                                     [--repeats N] [--throughput N] [--device cpu|cuda] [--previews-on-off]
+                                    [--server-env KEY=VALUE ...]
 
 `--previews-on-off` measures live previews instead: the same request on two servers that differ only in
 `MOTIONSERVE_PREVIEWS`, alternating, `--repeats` times each: `previews_ratio` = e2e on / off (target
 <= 1.03), with the handler's own time and the model process's CPU seconds on / off beside it.
+
+`--server-env MOTIONSERVE_X=value` (repeatable) changes the server's settings on top of SAME_WORK_AS_BARE,
+e.g. to measure motionserve with its speed-up options against bare diffusers; `server_env` in the JSON
+says what the server ran with.
 
 Human-readable lines first; the LAST line is one JSON object with every figure. Not a test: the numbers
 depend on the machine (and on what else runs on it: see `loadavg_1m_*`). See bench/README.md.
@@ -64,6 +69,11 @@ DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) /
 SAME_WORK_AS_BARE = {"MOTIONSERVE_CHANNELS_LAST": "false", "MOTIONSERVE_FUSE_QKV": "false", "MOTIONSERVE_TORCH_COMPILE": "false"}
 
 
+def server_settings(args: argparse.Namespace) -> dict[str, str]:
+    """What every server of this run is started with: SAME_WORK_AS_BARE, then `--server-env` over it."""
+    return {**SAME_WORK_AS_BARE, **args.server_env}
+
+
 @dataclass
 class Run:
     seconds: float
@@ -85,11 +95,11 @@ class Bench:
         self.cuda = args.device.startswith("cuda")
         self.dtype = torch.float16 if self.cuda else torch.float32  # what the server's ModelManager uses
         self.server = BenchServer.start(workdir / case.key, weights=weights.server_arg, device=args.device,
-                                        log_dir=workdir, name=f"server-{case.key}", env=SAME_WORK_AS_BARE)
+                                        log_dir=workdir, name=f"server-{case.key}", env=server_settings(args))
         try:
             self.client = QueueClient(self.server.base_url, self.server.create_key(), poll_s=args.poll_interval)
             self.pipe = case.load(weights, args.device, self.dtype)
-        except Exception:
+        except BaseException:  # an interrupt too (gpu_figures.py's time limit): never leave a server behind
             self.server.stop()
             raise
         self._uploaded: dict[int, str] = {}
@@ -356,12 +366,12 @@ class _PreviewForm:
               env: dict[str, str]) -> "_PreviewForm":
         name = f"server-{case.key}-previews-{label}"
         server = BenchServer.start(workdir / name, weights=weights.server_arg, device=args.device, log_dir=workdir,
-                                   name=name, env={**SAME_WORK_AS_BARE, **env})
+                                   name=name, env={**server_settings(args), **env})
         try:
             client = QueueClient(server.base_url, server.create_key(), poll_s=args.poll_interval)
             media = {field: client.upload(data, content_type=content_type, file_name=file_name)
                      for field, (data, content_type, file_name) in case.request(None).media.items()}
-        except Exception:
+        except BaseException:  # an interrupt too: never leave a server behind
             server.stop()
             raise
         return cls(server, client, media, case.endpoint_id, [])
@@ -450,6 +460,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help="where built weights are kept")
     parser.add_argument("--previews-on-off", action="store_true",
                         help="measure live previews: the request on a server with previews on and one with them off")
+    parser.add_argument("--server-env", action="append", default=[], metavar="KEY=VALUE",
+                        help="a server setting (MOTIONSERVE_* variable) over the same-work-as-bare ones; repeatable")
     parser.add_argument("--check-full-configs", action="store_true",
                         help="only count the full-size models' parameters on the meta device and exit")
     args = parser.parse_args(argv)
@@ -458,6 +470,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--endpoint must be one or more of {', '.join(CASES)} (comma-separated), or all")
     if args.device == "cuda":
         args.device = "cuda:0"
+    pairs = [item.partition("=") for item in args.server_env]
+    if any(not key or not sep for key, sep, _ in pairs):
+        parser.error("--server-env takes KEY=VALUE, e.g. --server-env MOTIONSERVE_FUSE_QKV=true")
+    args.server_env = {key: value for key, _, value in pairs}
     if args.size == "full" and not args.device.startswith("cuda") and not args.check_full_configs:
         parser.error("--size full needs --device cuda: its ~4 billion parameters would take hours per call on a CPU "
                      "(use --check-full-configs to check the full-size configs without a GPU)")
@@ -505,7 +521,7 @@ def main(argv: list[str] | None = None) -> int:
     machine["loadavg_1m_end"] = round(os.getloadavg()[0], 2)
     machine["wall_s"] = round(time.perf_counter() - started, 1)
     summary = {**results, "machine": machine, "size": args.size, "repeats": args.repeats, "steps": args.steps or "default",
-               "threads": args.threads or "default",
+               "threads": args.threads or "default", "server_env": server_settings(args),
                "targets": {"ratio": TARGET_RATIO, "ratio_64_16": TARGET_RATIO_64_16, "previews_ratio": TARGET_PREVIEWS_RATIO}}
     print(json.dumps(rounded(summary)))
     return 1 if any("error" in r for r in results.values()) else 0
