@@ -348,7 +348,7 @@ def test_history_lists_the_keys_own_requests_only(
         page.click(f"#history [data-request-id='{first}'] .open")
         page.wait_for_function(f"document.getElementById('run-id').textContent === {first!r}")
         assert view.wait_done() == "succeeded"
-        assert page.input_value("#f-num_inference_steps") == "10"
+        assert page.input_value("#f-num_inference_steps") == "20"  # as the first test filled it
         ready, _ = view.video_loaded()
         assert ready >= 2
 
