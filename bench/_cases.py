@@ -15,6 +15,7 @@ landscape working size, so it needs no crop.
 
 from __future__ import annotations
 
+
 import io
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
@@ -22,6 +23,8 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 if TYPE_CHECKING:
+    import argparse
+
     from _weights import Weights
 
 PROMPT = "a red rocket over the sea at sunset, high quality"
@@ -221,6 +224,14 @@ CASES: dict[str, Case] = {
         Case("svd-lcm", "fal-ai/fast-svd-lcm", 25, False, load_svd, request_svd),
     )
 }
+
+
+def chosen_endpoints(parser: "argparse.ArgumentParser", value: str) -> list[str]:
+    """The case keys of an `--endpoint` value (`all`, or keys comma-separated); a parser error otherwise."""
+    keys = list(CASES) if value == "all" else [k.strip() for k in value.split(",") if k.strip()]
+    if not keys or any(k not in CASES for k in keys):
+        parser.error(f"--endpoint must be one or more of {', '.join(CASES)} (comma-separated), or all")
+    return keys
 
 
 def with_steps(request: Request, steps: int | None) -> Request:

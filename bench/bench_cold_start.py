@@ -37,7 +37,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _weights  # noqa: E402
-from _cases import CASES, Case, with_steps  # noqa: E402
+from _cases import CASES, Case, chosen_endpoints, with_steps  # noqa: E402
 from _common import BenchServer, QueueClient, machine_info, median, rounded  # noqa: E402
 
 from tests.e2e.server import ManagedProcess, base_env, free_port  # noqa: E402
@@ -134,9 +134,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, help="CPU threads of the model process (1: steady figures on a shared machine)")
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help="where built weights are kept")
     args = parser.parse_args(argv)
-    args.endpoints = list(CASES) if args.endpoint == "all" else [k.strip() for k in args.endpoint.split(",") if k.strip()]
-    if not args.endpoints or any(k not in CASES for k in args.endpoints):
-        parser.error(f"--endpoint must be one or more of {', '.join(CASES)} (comma-separated), or all")
+    args.endpoints = chosen_endpoints(parser, args.endpoint)
     if args.device == "cuda":
         args.device = "cuda:0"
     return args

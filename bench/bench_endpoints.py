@@ -52,7 +52,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _weights  # noqa: E402
-from _cases import CASES, Case, Request, call_bare, with_steps  # noqa: E402
+from _cases import CASES, Case, Request, call_bare, chosen_endpoints, with_steps  # noqa: E402
 from _common import (  # noqa: E402
     BenchServer, E2EResult, GpuMemorySampler, QueueClient, cpu_seconds, machine_info, median, peak_rss_mb, ratio,
     reset_peak_rss, rounded,
@@ -465,9 +465,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--check-full-configs", action="store_true",
                         help="only count the full-size models' parameters on the meta device and exit")
     args = parser.parse_args(argv)
-    args.endpoints = list(CASES) if args.endpoint == "all" else [k.strip() for k in args.endpoint.split(",") if k.strip()]
-    if not args.endpoints or any(k not in CASES for k in args.endpoints):
-        parser.error(f"--endpoint must be one or more of {', '.join(CASES)} (comma-separated), or all")
+    args.endpoints = chosen_endpoints(parser, args.endpoint)
     if args.device == "cuda":
         args.device = "cuda:0"
     pairs = [item.partition("=") for item in args.server_env]
