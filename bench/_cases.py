@@ -15,7 +15,6 @@ landscape working size, so it needs no crop.
 
 from __future__ import annotations
 
-
 import io
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
