@@ -123,6 +123,14 @@ class Weights:
         return str(self.map_path)
 
 
+def prepare_for(args: Any) -> Weights:
+    """`prepare` for a benchmark's parsed `--size`, `--cache-dir` and `--device`, saying what it uses."""
+    args.cache_dir.mkdir(parents=True, exist_ok=True)
+    weights = prepare(args.size, args.cache_dir, build_device=args.device)
+    print(f"weights: {args.size} ({weights.map_path}); device {args.device}; repeats {args.repeats}", flush=True)
+    return weights
+
+
 def prepare(size: str, cache_dir: Path, *, build_device: str = "cpu") -> Weights:
     """The weights for `size`, built into `cache_dir` on first use (later runs reuse them)."""
     from motionserve.inference.tiny import ensure_tiny_weights

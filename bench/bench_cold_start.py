@@ -143,10 +143,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.perf_counter()
-    args.cache_dir.mkdir(parents=True, exist_ok=True)
     machine = machine_info(args.device)
-    weights = _weights.prepare(args.size, args.cache_dir, build_device=args.device)
-    print(f"weights: {args.size} ({weights.map_path}); device {args.device}; repeats {args.repeats}", flush=True)
+    weights = _weights.prepare_for(args)
     results: dict[str, Any] = {}
     for key in args.endpoints:
         with tempfile.TemporaryDirectory(prefix="motionserve-cold-") as tmp:

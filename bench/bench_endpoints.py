@@ -497,10 +497,8 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    args.cache_dir.mkdir(parents=True, exist_ok=True)
     machine = machine_info(args.device)
-    weights = _weights.prepare(args.size, args.cache_dir, build_device=args.device)
-    print(f"weights: {args.size} ({weights.map_path}); device {args.device}; repeats {args.repeats}", flush=True)
+    weights = _weights.prepare_for(args)
     results: dict[str, Any] = {}
     for key in args.endpoints:
         endpoint_started = time.perf_counter()
