@@ -171,6 +171,16 @@ def current_request(page: Any) -> str:
     return str(page.text_content("#run-id"))
 
 
+def fill_small_t2v(page: Any, prompt: str, *, frames: int, steps: int) -> None:
+    """The text-to-video form at a custom 64×64 size, through its widgets (the size preset's select)."""
+    page.fill("#f-prompt", prompt)
+    page.fill("#f-num_frames", str(frames))
+    page.fill("#f-num_inference_steps", str(steps))
+    page.select_option("#f-video_size", "__custom")
+    page.fill("[id='f-video_size.width']", "64")
+    page.fill("[id='f-video_size.height']", "64")
+
+
 def status_url(server: Server, endpoint_id: str, request_id: str) -> str:
     app = "/".join(endpoint_id.split("/")[:2])
     return f"{server.base_url}/queue/{app}/requests/{request_id}/status"
@@ -198,12 +208,7 @@ def test_text_to_video_from_the_form_with_progress_preview_and_video(
     assert "landscape_16_9" in page.locator("#f-video_size option").all_text_contents()
     assert "inference steps" in page.text_content("[data-path=num_inference_steps] .help").lower()
 
-    page.fill("#f-prompt", "a red rocket over the sea")
-    page.fill("#f-num_frames", "16")
-    page.fill("#f-num_inference_steps", "20")
-    page.select_option("#f-video_size", "__custom")
-    page.fill("[id='f-video_size.width']", "64")
-    page.fill("[id='f-video_size.height']", "64")
+    fill_small_t2v(page, "a red rocket over the sea", frames=16, steps=20)
     page.check("[data-path=motions] input[value=zoom-in]")
     page.click("#code summary")
     code = page.text_content("#code-text")
@@ -295,12 +300,7 @@ def test_cancel_stops_a_running_request(pages: Any, server: Server, owner_key: s
     view = pages(owner_key)
     page = view.open(f"/playground/{T2V}")
     page.wait_for_selector("#f-prompt")
-    page.fill("#f-prompt", "a long one")
-    page.fill("#f-num_frames", "4")
-    page.fill("#f-num_inference_steps", "50")
-    page.select_option("#f-video_size", "__custom")
-    page.fill("[id='f-video_size.width']", "64")
-    page.fill("[id='f-video_size.height']", "64")
+    fill_small_t2v(page, "a long one", frames=4, steps=50)
     page.click("#submit")
     request_id = current_request(page)
     made_here.append(request_id)
