@@ -11,9 +11,10 @@ For each endpoint, in one run, on the same weights and arguments:
 
 (a) and (b) alternate, `--repeats` times each, and medians are compared: `ratio` = e2e / bare (target
 <= 1.10). Then throughput: `--throughput N` (default 8) requests submitted at once to the one worker,
-timed from the first submit until every MP4 is downloaded: `throughput_ratio` = that / (N × bare), with
-the target (N × bare + one MP4 encode) / (N × bare), since each encode overlaps the next request's
-denoising and only the last one's is in the way. Peak memory: RSS high-water of the model process for (b) and of this process for (a); on CUDA
+timed from the first submit until every MP4 is downloaded, against N bare calls made back to back just
+before: `throughput_ratio` = that / (N bare calls), with the target (N bare calls + one MP4 encode) /
+(N bare calls), since each encode overlaps the next request's denoising and only the last one's is in the
+way; the store's timestamps say where the rest goes (`throughput_start_interval_s` and the others). Peak memory: RSS high-water of the model process for (b) and of this process for (a); on CUDA
 also GPU memory. For the AnimateDiff endpoints, 16 against 64 frames (64 uses FreeNoise context
 windows): `ratio_64_16` (target <= 4.4; 4.0 is linear). SVD-LCM always makes 25 frames: n/a.
 
@@ -67,6 +68,9 @@ DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) /
 # by default) so that e2e / bare measures what the service adds, not a different model layout.
 # bench_options.py measures the options themselves.
 SAME_WORK_AS_BARE = {"MOTIONSERVE_CHANNELS_LAST": "false", "MOTIONSERVE_FUSE_QKV": "false", "MOTIONSERVE_TORCH_COMPILE": "false"}
+# `--options`: each speed-up option's setting, measured e2e against the server without options.
+OPTION_SETTINGS = {"channels_last": "MOTIONSERVE_CHANNELS_LAST", "fuse_qkv": "MOTIONSERVE_FUSE_QKV",
+                   "compile": "MOTIONSERVE_TORCH_COMPILE"}
 
 
 def server_settings(args: argparse.Namespace) -> dict[str, str]:
@@ -91,7 +95,7 @@ class Bench:
     def __init__(self, case: Case, args: argparse.Namespace, weights: _weights.Weights, workdir: Path) -> None:
         import torch
 
-        self.case, self.args, self.device = case, args, args.device
+        self.case, self.args, self.device, self.weights = case, args, args.device, weights
         self.cuda = args.device.startswith("cuda")
         self.dtype = torch.float16 if self.cuda else torch.float32  # what the server's ModelManager uses
         self.server = BenchServer.start(workdir / case.key, weights=weights.server_arg, device=args.device,
@@ -103,8 +107,11 @@ class Bench:
             self.server.stop()
             raise
         self._uploaded: dict[int, str] = {}
+        self._store: Any = None
 
     def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
         self.client.close()
         self.server.stop()
         del self.pipe
@@ -117,12 +124,7 @@ class Bench:
     # -- one request, both ways ---------------------------------------------------------------------
 
     def payload(self, request: Request) -> dict[str, Any]:
-        payload = dict(request.payload)
-        for name, (data, content_type, file_name) in request.media.items():
-            if id(data) not in self._uploaded:
-                self._uploaded[id(data)] = self.client.upload(data, content_type=content_type, file_name=file_name)
-            payload[name] = self._uploaded[id(data)]
-        return payload
+        return payload_on(self.client, request, self._uploaded)
 
     def bare_once(self, request: Request) -> Run:
         """One bare call: wall and CPU seconds, peak memory (MiB), frames."""
@@ -211,25 +213,103 @@ class Bench:
 
     def throughput(self, request: Request, count: int, bare_s: float, encode_s: float | None) -> dict[str, Any]:
         """`count` requests submitted at once, back to back on the one worker: from the first submit until
-        the last MP4 is downloaded, against `count` bare calls."""
+        the last MP4 is downloaded, against `count` bare calls made back to back just before (the same
+        stretch of the machine's load, rather than `count` × one call's median)."""
         payload = self.payload(request)
+        started = time.perf_counter()
+        for _ in range(count):
+            call_bare(self.pipe, request, self.device)  # returns numpy frames: the device has finished
+        bare_all_s = time.perf_counter() - started
         started = time.perf_counter()
         submitted = [self.client.submit(self.case.endpoint_id, payload) for _ in range(count)]
         results = [self.client.wait(self.case.endpoint_id, s) for s in submitted]
         seconds = time.perf_counter() - started
         assert all(_mp4_frames(r.video) == request.frames for r in results[-1:]), "the last MP4 has the wrong frames"
-        figures = {"throughput_requests": count, "throughput_s": seconds,
-                   "throughput_ratio": ratio(seconds, count * bare_s)}
+        figures = {"throughput_requests": count, "throughput_s": seconds, "throughput_bare_s": bare_all_s,
+                   "throughput_ratio": ratio(seconds, bare_all_s),
+                   "throughput_ratio_median_bare": ratio(seconds, count * bare_s)}
         if encode_s is not None:
-            figures["throughput_target"] = ratio(count * bare_s + encode_s, count * bare_s)
+            figures["throughput_target"] = ratio(bare_all_s + encode_s, bare_all_s)
+        figures.update(self.back_to_back_breakdown([s["request_id"] for s in submitted], bare_all_s / count))
         return figures
 
-    def queue_wait(self, request_id: str) -> float | None:
-        """Submit to start, from the store: the worker's claim loop and the hand-over to the model process."""
+    def back_to_back_breakdown(self, request_ids: list[str], bare_s: float) -> dict[str, Any]:
+        """Where the back-to-back time goes, from the server's clock: the first request's wait for a start;
+        from one start to the next (its excess over a bare call), split into the handler up to its hand-off
+        of the frames (its log line `OUTPUT_PENDING_LOG`: fetch, decode, denoise) and the hand-over to the
+        next job (claim, dispatch); and the last request from its start to its completion (with its encode)."""
+        from motionserve.jobs.runner import OUTPUT_PENDING_LOG
+
+        jobs = sorted((self.job(request_id) for request_id in request_ids),
+                      key=lambda j: float("inf") if j is None or j.started_at is None else float(j.started_at))
+        if any(j is None or j.started_at is None for j in jobs):
+            return {}
+        starts = [float(j.started_at) for j in jobs]
+        handed = [self.log_time(j.id, OUTPUT_PENDING_LOG) for j in jobs]
+        intervals = [b - a for a, b in zip(starts, starts[1:])]
+        last = jobs[-1]
+        return {
+            "throughput_first_wait_s": starts[0] - min(float(j.created_at) for j in jobs),
+            "throughput_start_interval_s": median(intervals),
+            "throughput_interval_excess_s": _minus(median(intervals), bare_s),
+            "throughput_handler_s": median(_minus(h, s) for s, h in zip(starts, handed)),
+            "throughput_handover_s": median(_minus(s, h) for h, s in zip(handed, starts[1:])),
+            "throughput_intervals_s": intervals,
+            "throughput_last_run_s": _minus(float(last.finished_at) if last.finished_at else None, starts[-1]),
+        }
+
+    def log_time(self, request_id: str, prefix: str) -> float | None:
+        """When the request's first log line starting with `prefix` was written (server clock)."""
+        lines = self.server_store().logs(request_id)
+        return next((float(line.timestamp) for line in lines if line.message.startswith(prefix)), None)
+
+    def option_speedups(self, request: Request, options: list[str], repeats: int, workdir: Path) -> dict[str, Any]:
+        """Per speed-up option, a second server with only that option on: a warm-up request each, then
+        `repeats` requests to it and to this bench's server (options off) in turn. `speedup` = e2e
+        seconds without / with the option (above 1: faster); the model process's CPU seconds likewise."""
+        figures: dict[str, Any] = {}
+        for option in options:
+            env = {**server_settings(self.args), OPTION_SETTINGS[option]: "true"}
+            server = BenchServer.start(workdir / f"{self.case.key}-{option}", weights=self.weights.server_arg,
+                                       device=self.device, log_dir=workdir, name=f"server-{self.case.key}-{option}", env=env)
+            client = QueueClient(server.base_url, server.create_key(), poll_s=self.args.poll_interval)
+            try:
+                with_option = _TimedServer(server, client, self.case, payload_on(client, request, {}))
+                without = _TimedServer(self.server, self.client, self.case, self.payload(request), warm=True)
+                with_option.run()  # loads (and with compile, compiles for) this request's shape
+                for _ in range(repeats):
+                    without.run()
+                    with_option.run()
+            finally:
+                client.close()
+                server.stop()
+            figures[option] = {
+                "e2e_s": median(with_option.seconds), "e2e_without_s": median(without.seconds),
+                "speedup": ratio(median(without.seconds), median(with_option.seconds)),
+                "model_cpu_speedup": ratio(median(without.model_cpu), median(with_option.model_cpu)),
+                "first_request_s": with_option.first_s,
+            }
+            print(f"[{self.case.key}] option {option}: e2e {_fmt(figures[option]['e2e_s'])} s against "
+                  f"{_fmt(figures[option]['e2e_without_s'])} s without: speed-up {_fmt(figures[option]['speedup'])} "
+                  f"(model CPU {_fmt(figures[option]['model_cpu_speedup'])})", flush=True)
+        return figures
+
+    def server_store(self) -> Any:
+        """The server's own store (its database, read directly)."""
         from motionserve.config import Settings
         from motionserve.jobs.store import Store
 
-        job = Store(Settings(data_dir=self.server.data_dir).resolved_database_url).get(request_id)
+        if self._store is None:
+            self._store = Store(Settings(data_dir=self.server.data_dir).resolved_database_url)
+        return self._store
+
+    def job(self, request_id: str) -> Any:
+        """The request's row in the server's store (its clock: submit, start, finish)."""
+        return self.server_store().get(request_id)
+
+    def queue_wait(self, request_id: str) -> float | None:
+        """Submit to start, from the store: the worker's claim loop and the hand-over to the model process."""
+        job = self.job(request_id)
         if job is None or job.started_at is None:
             return None
         return float(job.started_at) - float(job.created_at)
@@ -244,6 +324,40 @@ class Bench:
         started = time.perf_counter()
         encode_mp4(list(frames), fps=8)
         return time.perf_counter() - started
+
+
+def payload_on(client: QueueClient, request: Request, uploaded: dict[int, str]) -> dict[str, Any]:
+    """The request's payload for the server behind `client`, its media uploaded there once (`uploaded`
+    remembers them; a server fetches only its own files, other loopback addresses being refused)."""
+    payload = dict(request.payload)
+    for name, (data, content_type, file_name) in request.media.items():
+        if id(data) not in uploaded:
+            uploaded[id(data)] = client.upload(data, content_type=content_type, file_name=file_name)
+        payload[name] = uploaded[id(data)]
+    return payload
+
+
+class _TimedServer:
+    """Requests to one server, timed end to end, with its model process's CPU seconds for each."""
+
+    def __init__(self, server: BenchServer, client: QueueClient, case: Case, payload: dict[str, Any],
+                 warm: bool = False) -> None:
+        """`warm`: its pipelines are loaded already; else its first request is the warm-up, kept apart."""
+        self.server, self.client, self.case, self.payload = server, client, case, payload
+        self.seconds: list[float] = []
+        self.model_cpu: list[float | None] = []
+        self.first_s: float | None = None
+        self.warm = warm
+
+    def run(self) -> None:
+        pid = self.server.model_pid()
+        before = cpu_seconds([pid]) if pid is not None else None
+        seconds = self.client.run(self.case.endpoint_id, self.payload).seconds
+        if not self.warm:
+            self.first_s, self.warm = seconds, True
+            return
+        self.seconds.append(seconds)
+        self.model_cpu.append(cpu_seconds([pid]) - before if pid is not None and before is not None else None)
 
 
 def _max(values: Any) -> float | None:
@@ -271,40 +385,68 @@ def bench_endpoint(case: Case, args: argparse.Namespace, weights: _weights.Weigh
             figures.update(bench.throughput(default, args.throughput, figures["bare_s"], figures["mp4_encode_s"]))
             print(f"[{case.key}] {args.throughput} back to back: {_fmt(figures['throughput_s'])} s, "
                   f"throughput_ratio {_fmt(figures['throughput_ratio'])} "
-                  f"(target <= {_fmt(figures.get('throughput_target'))})", flush=True)
+                  f"(target <= {_fmt(figures.get('throughput_target'))}); first start after "
+                  f"{_fmt(figures.get('throughput_first_wait_s'))} s, start to start {_fmt(figures.get('throughput_start_interval_s'))} s "
+                  f"(bare + {_fmt(figures.get('throughput_interval_excess_s'))} s: handler to its hand-off "
+                  f"{_fmt(figures.get('throughput_handler_s'))} s, hand-over {_fmt(figures.get('throughput_handover_s'))} s), "
+                  f"last request start to stored "
+                  f"{_fmt(figures.get('throughput_last_run_s'))} s", flush=True)
         if not case.long_clips:
             figures.update({k: "n/a" for k in ("t16_s", "t64_s", "ratio_64_16", "e2e_t16_s", "e2e_t64_s",
                                                 "e2e_ratio_64_16")})
-            return figures
-        if args.skip_64:
-            return figures
-        short = figures if default.frames == 16 else bench.measure(
-            with_steps(case.request(16), args.steps), args.repeats_64, warm_up=False)
-        long = bench.measure(with_steps(case.request(64), args.steps), args.repeats_64, warm_up=False)
-        if short is not figures:
-            _print_line(case.key, "16 frames", short)
-        _print_line(case.key, "64 frames", long)
-        figures.update({
-            "t16_s": short["bare_s"], "t64_s": long["bare_s"], "ratio_64_16": ratio(long["bare_s"], short["bare_s"]),
-            "e2e_t16_s": short["e2e_s"], "e2e_t64_s": long["e2e_s"],
-            "e2e_ratio_64_16": ratio(long["e2e_s"], short["e2e_s"]),
-            # CPU seconds (bare: this process; e2e: the model process) are less disturbed than wall time
-            # by other work on a shared machine.
-            "cpu_ratio_64_16": ratio(long["bare_cpu_s"], short["bare_cpu_s"]),
-            "e2e_cpu_ratio_64_16": ratio(long["e2e_model_cpu_s"], short["e2e_model_cpu_s"]),
-            "frames_64": long["frames"], "e2e_frames_64": long["e2e_frames"],
-        })
-        for memory in ("peak_rss_mb", "bare_peak_rss_mb", "peak_gpu_mb", "bare_peak_gpu_mb"):
-            if memory in long:
-                figures[f"{memory}_16"], figures[f"{memory}_64"] = short[memory], long[memory]
-        print(f"[{case.key}] 64/16 frames: bare {_fmt(figures['ratio_64_16'])}x, "
-              f"e2e {_fmt(figures['e2e_ratio_64_16'])}x (target <= {TARGET_RATIO_64_16}, linear = 4.0); CPU seconds: "
-              f"bare {_fmt(figures['cpu_ratio_64_16'])}x, model process {_fmt(figures['e2e_cpu_ratio_64_16'])}x", flush=True)
-        return figures
+        elif not args.skip_64:
+            figures.update(frames_64_against_16(bench, default, figures))
+        if args.options:
+            figures["option_speedups"] = bench.option_speedups(default, args.options, args.repeats, workdir)
     except Exception as exc:
         raise RuntimeError(f"{exc!r}\n--- server log (tail) ---\n{bench.server.process.log()[-4000:]}") from exc
     finally:
         bench.close()
+    if args.cold_start_repeats:
+        figures["cold_start_s"] = cold_start(case, args, weights, workdir / "cold-start")
+    return figures
+
+
+def frames_64_against_16(bench: Bench, default: Request, figures: dict[str, Any]) -> dict[str, Any]:
+    """16 against 64 frames (64 with context windows), both forms: `ratio_64_16` and the peaks at each."""
+    case, args = bench.case, bench.args
+    short = figures if default.frames == 16 else bench.measure(
+        with_steps(case.request(16), args.steps), args.repeats_64, warm_up=False)
+    long = bench.measure(with_steps(case.request(64), args.steps), args.repeats_64, warm_up=False)
+    if short is not figures:
+        _print_line(case.key, "16 frames", short)
+    _print_line(case.key, "64 frames", long)
+    pair = {
+        "t16_s": short["bare_s"], "t64_s": long["bare_s"], "ratio_64_16": ratio(long["bare_s"], short["bare_s"]),
+        "e2e_t16_s": short["e2e_s"], "e2e_t64_s": long["e2e_s"],
+        "e2e_ratio_64_16": ratio(long["e2e_s"], short["e2e_s"]),
+        # CPU seconds (bare: this process; e2e: the model process) are less disturbed than wall time
+        # by other work on a shared machine.
+        "cpu_ratio_64_16": ratio(long["bare_cpu_s"], short["bare_cpu_s"]),
+        "e2e_cpu_ratio_64_16": ratio(long["e2e_model_cpu_s"], short["e2e_model_cpu_s"]),
+        "frames_64": long["frames"], "e2e_frames_64": long["e2e_frames"],
+    }
+    for memory in ("peak_rss_mb", "bare_peak_rss_mb", "peak_gpu_mb", "bare_peak_gpu_mb"):
+        if memory in long:
+            pair[f"{memory}_16"], pair[f"{memory}_64"] = short[memory], long[memory]
+    print(f"[{case.key}] 64/16 frames: bare {_fmt(pair['ratio_64_16'])}x, "
+          f"e2e {_fmt(pair['e2e_ratio_64_16'])}x (target <= {TARGET_RATIO_64_16}, linear = 4.0); CPU seconds: "
+          f"bare {_fmt(pair['cpu_ratio_64_16'])}x, model process {_fmt(pair['e2e_cpu_ratio_64_16'])}x", flush=True)
+    return pair
+
+
+def cold_start(case: Case, args: argparse.Namespace, weights: _weights.Weights, workdir: Path) -> dict[str, Any]:
+    """bench_cold_start.py's figures for this endpoint, after this endpoint's servers have stopped: a
+    fresh `motionserve worker` with and without preload, seconds to ready and to the first request done."""
+    import bench_cold_start
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    cold_args = argparse.Namespace(**{**vars(args), "repeats": args.cold_start_repeats})
+    figures = bench_cold_start.bench_endpoint(case, cold_args, weights, workdir)["cold_start_s"]
+    for mode, f in figures.items():
+        print(f"[{case.key}] cold start, {mode}: ready {_fmt(f['ready_s'])} s, first request done "
+              f"{_fmt(f['first_done_s'])} s", flush=True)
+    return dict(figures)
 
 
 def bench_previews(case: Case, args: argparse.Namespace, weights: _weights.Weights, workdir: Path) -> dict[str, Any]:
@@ -452,6 +594,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--skip-64", action="store_true", help="skip the 16 vs 64 frames comparison")
     parser.add_argument("--throughput", type=int, default=8,
                         help="requests sent at once for throughput_ratio (0: skip)")
+    parser.add_argument("--options", default="channels_last,fuse_qkv",
+                        help=f"speed-up options to measure e2e, each on its own server ({', '.join(OPTION_SETTINGS)}; "
+                             "none: skip)")
+    parser.add_argument("--cold-start-repeats", type=int, default=1,
+                        help="runs per mode (preload, lazy) of bench_cold_start.py's measurement (0: skip)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (the server gets the same)")
     parser.add_argument("--steps", type=int, help="override the step count in both forms (quick checks only)")
     parser.add_argument("--threads", type=int,
@@ -466,6 +613,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="only count the full-size models' parameters on the meta device and exit")
     args = parser.parse_args(argv)
     args.endpoints = chosen_endpoints(parser, args.endpoint)
+    args.options = [] if args.options in ("", "none") else args.options.split(",")
+    if any(option not in OPTION_SETTINGS for option in args.options):
+        parser.error(f"--options takes a comma-separated list of {', '.join(OPTION_SETTINGS)}, or none")
     if args.device == "cuda":
         args.device = "cuda:0"
     pairs = [item.partition("=") for item in args.server_env]

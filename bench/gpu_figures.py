@@ -111,7 +111,7 @@ def build_weights(args: argparse.Namespace) -> float:
 def bench_command(args: argparse.Namespace, endpoint: str, server_env: dict[str, str]) -> list[str]:
     command = [sys.executable, str(BENCH / "bench_endpoints.py"), "--endpoint", endpoint, "--size", args.size,
                "--device", args.device, "--repeats", str(args.repeats), "--skip-64", "--throughput", "0",
-               "--cache-dir", str(args.cache_dir)]
+               "--options", "none", "--cold-start-repeats", "0", "--cache-dir", str(args.cache_dir)]
     if args.steps:
         command += ["--steps", str(args.steps)]
     if not args.device.startswith("cuda"):

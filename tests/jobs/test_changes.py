@@ -67,3 +67,28 @@ def test_a_change_is_published_once(watched: tuple[Store, "queue.Queue[Change]"]
     while not seen.empty():
         repeats.append(seen.get())
     assert [c for c in repeats if c.job_id == job.id] == []
+
+
+def test_a_submit_made_in_this_process_is_heard_at_once_and_once(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # SQLite, one host: the API's submit tells the in-process workers itself instead of leaving them to
+    # the next poll (up to POLL_INTERVAL_S later), and the poll does not repeat it.
+    store = Store(f"sqlite:///{tmp_path / 'jobs.db'}")
+    store.create_all()
+    watcher = ChangeWatcher(store)
+    seen: queue.Queue[Change] = queue.Queue()
+    watcher.subscribe(seen.put)
+    stop = threading.Event()
+    thread = threading.Thread(target=watcher.run_forever, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        _next(seen, lambda c: c.kind == RESYNC)
+        job = store.submit(owner="a", endpoint_id="e", input={}, base_url=BASE)
+        watcher.made_here(Change(ChangeKind.QUEUED, job.id))
+        assert seen.get_nowait() == Change(ChangeKind.QUEUED, job.id)  # before any poll could have run
+        time.sleep(1.5)  # the poll has seen the new row, and looks back a second
+        repeats = [seen.get() for _ in range(seen.qsize())]
+        assert [c for c in repeats if c.job_id == job.id] == []
+    finally:
+        stop.set()
+        thread.join(10)
+        store.close()

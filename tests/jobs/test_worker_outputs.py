@@ -15,6 +15,7 @@ from typing import Any, Iterator
 import pytest
 
 from motionserve.jobs.models import CancelOutcome, Job, JobState
+from motionserve.jobs.runner import OUTPUT_PENDING_LOG
 from motionserve.jobs.store import Store
 from motionserve.storage import open_file_store
 from tests.jobs.test_worker import Running, wait_for
@@ -58,6 +59,8 @@ def test_a_job_completes_only_once_its_output_is_stored(worker: Running, tmp_pat
     assert done.attempts == 1  # its lease was kept while it waited
     assert done.result["video"]["file_size"] == len(b"first video")  # type: ignore[index]
     assert stored_bytes(worker, done) == b"first video"  # readable the moment it is COMPLETED
+    # Its logs say when the model was done with it (what came after is the encode and the store).
+    assert any(l.message.startswith(OUTPUT_PENDING_LOG) for l in worker.store.logs(job.id))
 
 
 def test_back_to_back_jobs_each_complete_with_their_own_file(worker: Running) -> None:
@@ -130,3 +133,30 @@ def test_a_stopping_worker_waits_for_pending_outputs(tmp_path: Path) -> None:
     done = Store(running.settings.resolved_database_url).get(job.id)
     assert done is not None and done.state is JobState.SUCCEEDED, done
     assert stored_bytes(running, done) == b"stored before exit"
+
+
+@pytest.mark.skipif(not hasattr(os, "setpriority"), reason="threads have no CPU priority of their own here")
+def test_the_encoder_thread_yields_the_cpu_to_the_next_jobs_denoising() -> None:
+    # The encode overlaps the next request's denoising, which is what that request waits for.
+    from motionserve.endpoints.base import File, PendingOutput
+    from motionserve.jobs.events import Done
+    from motionserve.jobs.outputs import ENCODER_NICENESS, OutputEncoder, OutputJob
+
+    seen: dict[str, int] = {}
+
+    def encode() -> bytes:
+        seen["encoder"] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        return b"frames"
+
+    def save(data: bytes, *, content_type: str, file_name: str) -> File:
+        return File(url="http://127.0.0.1/f", content_type=content_type, file_name=file_name, file_size=len(data))
+
+    sent: list[Any] = []
+    encoder = OutputEncoder(sent.append)
+    pending = PendingOutput(encode=encode, content_type="video/mp4", file_name="out.mp4", finish=lambda file: file)
+    encoder.submit(OutputJob("job-1", pending, save, started=0.0, warm=None))
+    encoder.drain()
+
+    assert isinstance(sent[0], Done) and sent[0].error is None
+    own = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    assert seen["encoder"] == min(19, own + ENCODER_NICENESS)  # the calling thread keeps its own

@@ -25,8 +25,10 @@ from motionserve.api.status import RequestUrls, result_response
 from motionserve.config import Settings
 from motionserve.errors import AddressRefusedError, FetchError, InputValidationError
 from motionserve.endpoints.base import Endpoint, Limits
+from motionserve.jobs.changes import Change
 from motionserve.jobs.models import Job, SubmitRate, SubmitRateExceeded
 from motionserve.jobs.protocols import JobStore
+from motionserve.jobs.store import ChangeKind
 
 QUEUE_FULL_RETRY_AFTER_S = 10
 DISCONNECT_CHECK_S = 1.0  # how soon a /run caller that hung up gets its job cancelled
@@ -72,6 +74,7 @@ async def _submit(request: Request, raw_id: str, owner: str, settings: Settings,
         job = await anyio.to_thread.run_sync(submit)
     except SubmitRateExceeded as exc:
         raise _rate_limited(exc) from exc
+    request.app.state.job_events.watcher.made_here(Change(ChangeKind.QUEUED, job.id))
     return app_id, job
 
 

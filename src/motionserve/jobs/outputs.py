@@ -13,6 +13,7 @@ wait blocks in `submit`, so frames never pile up in memory when the encoder is s
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
@@ -26,6 +27,12 @@ from motionserve.jobs.events import ChildEvent, Done, Log
 from motionserve.jobs.models import error_dict
 
 MAX_WAITING = 1
+# How much nicer than the model process the encoder thread runs (Linux: per thread, and x264's own
+# threads inherit it). The next job's denoising runs meanwhile and is what a request waits for; the
+# encode only has to finish before the encoder is needed again, so it takes the CPU denoising leaves.
+# Measured on 2 vCPUs: a denoising loop beside a continuous encode ran 12% slower with the encoder at
+# the same priority, 4% at +10.
+ENCODER_NICENESS = 10
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +67,7 @@ class OutputEncoder:
             self._queue.join()
 
     def _run(self) -> None:
+        _yield_cpu_to_denoising()
         while True:
             output = self._queue.get()
             try:
@@ -81,3 +89,12 @@ class OutputEncoder:
             self._send(Log(output.job_id, "ERROR", traceback.format_exc(), time.time()))
             detail = f"The output file ({output.pending.file_name}) could not be encoded or stored; see the request's logs"
             return Done(output.job_id, error=error_dict(500, detail, "internal_error"), warm=output.warm)
+
+
+def _yield_cpu_to_denoising() -> None:
+    """Lower this thread's CPU priority (a no-op where threads have no priority of their own)."""
+    try:
+        thread = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, thread, min(19, os.getpriority(os.PRIO_PROCESS, thread) + ENCODER_NICENESS))
+    except (AttributeError, OSError):  # not Linux, or a sandbox that forbids it: encode at normal priority
+        log.debug("could not lower the encoder thread's priority", exc_info=True)

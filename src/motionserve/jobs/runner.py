@@ -44,6 +44,7 @@ PREVIEW_MIN_INTERVAL_S = 0.5
 PREVIEW_RETENTION_S = 3600
 # In the request's logs when its pipelines are loaded for it: why this one took longer than the next.
 COLD_START_LOG = "Loading this endpoint's pipelines on the worker (cold start); later requests find them warm"
+OUTPUT_PENDING_LOG = "Generation done; encoding and storing the output"
 
 log = logging.getLogger(__name__)
 
@@ -249,7 +250,9 @@ def run_job(job: Job, registry: ModuleType, ctx: JobContext) -> Done | OutputJob
         inputs = endpoint.validate(job.input, ctx.limits)
         started = time.perf_counter()
         if endpoint.run_pending is not None:
-            return OutputJob(job.id, endpoint.run_pending(inputs, ctx), ctx.save_output, started, warm=None)
+            pending = endpoint.run_pending(inputs, ctx)
+            ctx.log(f"{OUTPUT_PENDING_LOG} ({pending.file_name})")  # the model is free for the next job from here
+            return OutputJob(job.id, pending, ctx.save_output, started, warm=None)
         output = endpoint.run(inputs, ctx)
         elapsed = time.perf_counter() - started
         return Done(job.id, result=output.model_dump(mode="json", exclude_none=True), inference_time=elapsed)
