@@ -69,7 +69,7 @@ def test_a_change_is_published_once(watched: tuple[Store, "queue.Queue[Change]"]
     assert [c for c in repeats if c.job_id == job.id] == []
 
 
-def test_a_submit_made_in_this_process_is_heard_at_once_and_once(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_a_submit_made_in_this_process_is_heard_at_once_and_once(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     # SQLite, one host: the API's submit tells the in-process workers itself instead of leaving them to
     # the next poll (up to POLL_INTERVAL_S later), and the poll does not repeat it.
     store = Store(f"sqlite:///{tmp_path / 'jobs.db'}")
@@ -88,6 +88,16 @@ def test_a_submit_made_in_this_process_is_heard_at_once_and_once(tmp_path) -> No
         time.sleep(1.5)  # the poll has seen the new row, and looks back a second
         repeats = [seen.get() for _ in range(seen.qsize())]
         assert [c for c in repeats if c.job_id == job.id] == []
+
+        # A job claimed before the poll saw it queued: the poll never matches that QUEUED, and the
+        # watcher must not keep it for ever (one per request on a busy server).
+        claimed = store.submit(owner="a", endpoint_id="e", input={}, base_url=BASE)
+        watcher.made_here(Change(ChangeKind.QUEUED, claimed.id))
+        assert [store.claim("w", 30) is not None for _ in range(2)] == [True, True]  # `job`, then this one
+        monkeypatch.setattr("motionserve.jobs.changes.MADE_HERE_KEPT_S", 0.0)
+        _next(seen, lambda c: c == Change(ChangeKind.STATE, claimed.id))
+        time.sleep(0.5)  # another poll or two
+        assert watcher._made_here == {}
     finally:
         stop.set()
         thread.join(10)

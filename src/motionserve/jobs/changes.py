@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -25,6 +26,7 @@ log = logging.getLogger(__name__)
 
 RESYNC = "resync"  # kind of a change that may hide others: every subscriber should look again
 POLL_INTERVAL_S = 0.2  # SQLite
+MADE_HERE_KEPT_S = 5.0  # the poll looks back 1 s: a change it has not matched by then, it never will
 LISTEN_TIMEOUT_S = 1.0  # how often the listener looks at its stop flag
 RECONNECT_DELAYS_S = (0.5, 1.0, 2.0, 5.0)
 
@@ -46,7 +48,9 @@ class ChangeWatcher:
         self._store = store
         self._subscribers: list[Subscriber] = []
         self._lock = threading.Lock()
-        self._made_here: set[Change] = set()  # SQLite: published by `made_here`, not to be repeated by the poll
+        # SQLite: changes `made_here` published (when), not to be repeated by the poll. One the poll never
+        # matches (the job moved on before it looked) is forgotten after MADE_HERE_KEPT_S.
+        self._made_here: dict[Change, float] = {}
         self.running = threading.Event()
 
     def subscribe(self, callback: Subscriber) -> Callable[[], None]:
@@ -77,15 +81,18 @@ class ChangeWatcher:
         if self._store.is_postgres:
             return
         with self._lock:
-            self._made_here.add(change)
+            self._made_here[change] = time.monotonic()
         self.publish(change)
 
     def _published_already(self, change: Change) -> bool:
         with self._lock:
-            if change in self._made_here:
-                self._made_here.discard(change)
-                return True
-            return False
+            return self._made_here.pop(change, None) is not None
+
+    def _forget_old_made_here(self) -> None:
+        cutoff = time.monotonic() - MADE_HERE_KEPT_S
+        with self._lock:
+            for change in [c for c, at in self._made_here.items() if at < cutoff]:
+                del self._made_here[change]
 
     def run_forever(self, stop: threading.Event) -> None:
         self.running.set()
@@ -146,5 +153,6 @@ class ChangeWatcher:
             for job_id in changes.with_logs:
                 self.publish(Change(ChangeKind.LOGS, job_id))
             seen = {job_id: changed_at for job_id, _, changed_at in changes.changed}
+            self._forget_old_made_here()
             watermark = (changes.changed_at, changes.log_id)
             stop.wait(POLL_INTERVAL_S)
