@@ -1,9 +1,10 @@
 """Context windows in one process: 64 frames with the windows batched against diffusers' loop over them.
 
 One text-to-video pipeline (the bench's weights, the endpoint's request at 512×512), called in turn with:
-16 frames (no windows: the baseline), and 64 frames for each `--overlaps` value (window length 16) twice:
-`batched` (the project's `BatchedWindowsBlock`, what the endpoints run) and `looped` (diffusers'
-`FreeNoiseTransformerBlock` over the very same modules). The forms alternate `--repeats` times, so drift
+16 frames (no windows: the baseline), and 64 frames for each `--overlaps` value (window length 16) three
+ways: `batched` (the project's `BatchedWindowsBlock`, all windows of a block in one call), `one_per_call`
+(the same block with `windows_per_call=1`) and `looped` (diffusers' `FreeNoiseTransformerBlock` over the
+very same modules). The forms alternate `--repeats` times, so drift
 in the machine's load hits all alike; medians of wall and CPU seconds and their ratios to 16 frames
 (4.0 is linear). Run under the glibc malloc settings the server gives its CPU model process, like
 bench_endpoints.py's bare side; with those, freed memory stays with the process, so per-form peak memory
@@ -39,17 +40,23 @@ def forms(pipe: Any, overlaps: list[int]) -> dict[str, Callable[[], None]]:
     """Name -> how to put the pipeline's UNet in that form (16 frames: no windows)."""
     from diffusers import AnimateDiffPipeline
 
+    from motionserve.inference.context_windows import BatchedWindowsBlock
+
     looped = AnimateDiffPipeline(**pipe.components)  # diffusers' own FreeNoise blocks, same modules
 
-    def windows(owner: Any, overlap: int) -> Callable[[], None]:
+    def windows(owner: Any, overlap: int, per_call: int | None = None) -> Callable[[], None]:
         def enable() -> None:
             pipe.disable_free_noise()  # from either form back to plain blocks, then into this one
             owner.enable_free_noise(context_length=LENGTH, context_stride=LENGTH - overlap)
+            for module in pipe.unet.modules():
+                if isinstance(module, BatchedWindowsBlock):
+                    module.windows_per_call = per_call
         return enable
 
     table: dict[str, Callable[[], None]] = {"16": pipe.disable_free_noise}
     for overlap in overlaps:
         table[f"64_batched_o{overlap}"] = windows(pipe, overlap)
+        table[f"64_one_per_call_o{overlap}"] = windows(pipe, overlap, per_call=1)
         table[f"64_looped_o{overlap}"] = windows(looped, overlap)
     return table
 

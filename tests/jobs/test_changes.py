@@ -5,6 +5,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from contextlib import contextmanager
 from typing import Iterator
 
 import pytest
@@ -15,8 +16,9 @@ from motionserve.jobs.store import ChangeKind, Store
 BASE = "http://127.0.0.1:8000"
 
 
-@pytest.fixture
-def watched(db_url: str) -> Iterator[tuple[Store, "queue.Queue[Change]"]]:
+@contextmanager
+def _watching(db_url: str) -> Iterator[tuple[Store, ChangeWatcher, "queue.Queue[Change]"]]:
+    """A store, its change watcher running in a thread, and what the watcher publishes."""
     store = Store(db_url)  # the database's own clock: the watcher compares change times
     store.create_all()
     watcher = ChangeWatcher(store)
@@ -25,11 +27,19 @@ def watched(db_url: str) -> Iterator[tuple[Store, "queue.Queue[Change]"]]:
     stop = threading.Event()
     thread = threading.Thread(target=watcher.run_forever, args=(stop,), daemon=True)
     thread.start()
-    assert _next(seen, lambda c: c.kind == RESYNC)  # it says when it starts listening
-    yield store, seen
-    stop.set()
-    thread.join(10)
-    store.close()
+    try:
+        assert _next(seen, lambda c: c.kind == RESYNC)  # it says when it starts listening
+        yield store, watcher, seen
+    finally:
+        stop.set()
+        thread.join(10)
+        store.close()
+
+
+@pytest.fixture
+def watched(db_url: str) -> Iterator[tuple[Store, "queue.Queue[Change]"]]:
+    with _watching(db_url) as (store, _, seen):
+        yield store, seen
 
 
 def _next(seen: "queue.Queue[Change]", wanted, timeout: float = 5.0) -> Change:  # type: ignore[no-untyped-def]
@@ -72,16 +82,7 @@ def test_a_change_is_published_once(watched: tuple[Store, "queue.Queue[Change]"]
 def test_a_submit_made_in_this_process_is_heard_at_once_and_once(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     # SQLite, one host: the API's submit tells the in-process workers itself instead of leaving them to
     # the next poll (up to POLL_INTERVAL_S later), and the poll does not repeat it.
-    store = Store(f"sqlite:///{tmp_path / 'jobs.db'}")
-    store.create_all()
-    watcher = ChangeWatcher(store)
-    seen: queue.Queue[Change] = queue.Queue()
-    watcher.subscribe(seen.put)
-    stop = threading.Event()
-    thread = threading.Thread(target=watcher.run_forever, args=(stop,), daemon=True)
-    thread.start()
-    try:
-        _next(seen, lambda c: c.kind == RESYNC)
+    with _watching(f"sqlite:///{tmp_path / 'jobs.db'}") as (store, watcher, seen):
         job = store.submit(owner="a", endpoint_id="e", input={}, base_url=BASE)
         watcher.made_here(Change(ChangeKind.QUEUED, job.id))
         assert seen.get_nowait() == Change(ChangeKind.QUEUED, job.id)  # before any poll could have run
@@ -98,7 +99,3 @@ def test_a_submit_made_in_this_process_is_heard_at_once_and_once(tmp_path, monke
         _next(seen, lambda c: c == Change(ChangeKind.STATE, claimed.id))
         time.sleep(0.5)  # another poll or two
         assert watcher._made_here == {}
-    finally:
-        stop.set()
-        thread.join(10)
-        store.close()
