@@ -106,11 +106,12 @@ def test_context_windows_follow_the_frame_count(tiny_models: Any) -> None:
     assert configure_context_windows(pipe, 33, windows) is True and pipe.free_noise_enabled
     blocks = [m for m in pipe.unet.modules() if isinstance(m, FreeNoiseTransformerBlock)]
     assert blocks and all(isinstance(b, BatchedWindowsBlock) for b in blocks)
-    assert {(b.context_length, b.context_stride) for b in blocks} == {(16, 12)}  # the defaults: overlap 4
+    # The defaults: overlap 4, and on this CPU one window per call.
+    assert {(b.context_length, b.context_stride, b.windows_per_call) for b in blocks} == {(16, 12, 1)}
     # Idempotent, and other settings reach the same blocks.
     assert configure_context_windows(pipe, 48, ContextWindows(length=12, overlap=6)) is True
     assert [m for m in pipe.unet.modules() if isinstance(m, FreeNoiseTransformerBlock)] == blocks
-    assert {(b.context_length, b.context_stride) for b in blocks} == {(12, 6)}
+    assert {(b.context_length, b.context_stride, b.windows_per_call) for b in blocks} == {(12, 6, None)}
     # Shared UNet: the v2v pipeline sees windows it did not enable and turns them off.
     v2v = tiny_models.video_to_video()
     assert configure_context_windows(v2v, 32, windows) is False

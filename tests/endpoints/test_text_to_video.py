@@ -201,8 +201,8 @@ def test_motion_frames_equal_diffusers_with_the_motion_loras_loaded(ctx: Any) ->
 
 
 def test_more_than_32_frames_use_batched_windows_and_match_diffusers_looped_freenoise(ctx: Any, probe_mp4: Any) -> None:
-    """40 frames in windows of 16 overlapping by 4 (the defaults: windows at 0, 12, 24), all windows of a
-    block in one call, give diffusers' FreeNoise frames, which loops over the windows."""
+    """40 frames in windows of 16 overlapping by 4 (the defaults: windows at 0, 12, 24), through the
+    project's windowed blocks (one window per call on this CPU), give diffusers' FreeNoise frames."""
     import torch
     from diffusers.models.attention import FreeNoiseTransformerBlock
 

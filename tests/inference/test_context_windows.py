@@ -99,7 +99,7 @@ def test_settings_bound_length_and_overlap(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setenv("MOTIONSERVE_CONTEXT_LENGTH", "24")
     monkeypatch.setenv("MOTIONSERVE_CONTEXT_OVERLAP", "8")
     settings = Settings()
-    assert ModelManager.from_settings(settings, "cpu").context_windows == ContextWindows(24, 8)
+    assert ModelManager.from_settings(settings, "cpu").context_windows == ContextWindows(24, 8, per_call=1)
     for length, overlap in (("16", "16"), ("16", "-1"), ("33", "4"), ("1", "0")):
         monkeypatch.setenv("MOTIONSERVE_CONTEXT_LENGTH", length)
         monkeypatch.setenv("MOTIONSERVE_CONTEXT_OVERLAP", overlap)
@@ -107,3 +107,10 @@ def test_settings_bound_length_and_overlap(monkeypatch: pytest.MonkeyPatch) -> N
             Settings()
     with pytest.raises(ValueError):
         ContextWindows(16, 16)
+    with pytest.raises(ValueError):
+        ContextWindows(16, 4, per_call=0)
+
+
+def test_windows_run_one_per_call_on_a_cpu_and_all_at_once_on_a_gpu() -> None:
+    assert ContextWindows.for_device(torch.device("cpu"), 16, 4) == ContextWindows(16, 4, per_call=1)
+    assert ContextWindows.for_device(torch.device("cuda", 1), 24, 8) == ContextWindows(24, 8, per_call=None)

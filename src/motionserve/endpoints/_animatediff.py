@@ -90,8 +90,8 @@ def max_motion_frames(pipe: "DiffusionPipeline") -> int:
 
 
 def configure_context_windows(pipe: "DiffusionPipeline", num_frames: int, windows: "ContextWindows") -> bool:
-    """Enable FreeNoise context windows (`windows`: the operator's length and overlap) for clips longer
-    than the motion modules allow, else disable them.
+    """Enable FreeNoise context windows (`windows`: the operator's length and overlap, and the windows
+    per call for the device) for clips longer than the motion modules allow, else disable them.
 
     Must be called BEFORE LoRAs are loaded into the motion modules: FreeNoise swaps those transformer
     blocks for new modules and copies plain weights, which LoRA-wrapped layers do not have. Returns True
@@ -99,11 +99,16 @@ def configure_context_windows(pipe: "DiffusionPipeline", num_frames: int, window
     """
     from diffusers.models.attention import FreeNoiseTransformerBlock
 
+    from motionserve.inference.context_windows import BatchedWindowsBlock
+
     want = num_frames > max_motion_frames(pipe)
     active = any(isinstance(m, FreeNoiseTransformerBlock) for m in pipe.unet.modules())
     if want:
         # Idempotent: already-swapped blocks just get their window settings refreshed.
         pipe.enable_free_noise(context_length=windows.length, context_stride=windows.stride)
+        for module in pipe.unet.modules():
+            if isinstance(module, BatchedWindowsBlock):
+                module.windows_per_call = windows.per_call
     elif active or pipe.free_noise_enabled:
         pipe.disable_free_noise()
     return want

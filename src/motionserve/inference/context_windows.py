@@ -21,14 +21,26 @@ from diffusers.models.attention import BasicTransformerBlock, FreeNoiseTransform
 
 @dataclass(frozen=True)
 class ContextWindows:
-    """Window length and overlap in frames (operator settings `context_length`, `context_overlap`)."""
+    """Window length and overlap in frames (operator settings `context_length`, `context_overlap`), and
+    how many windows of a block run in one call (`BatchedWindowsBlock.windows_per_call`; None: all)."""
 
     length: int = 16
     overlap: int = 4
+    per_call: int | None = None
+
+    @classmethod
+    def for_device(cls, device: torch.device, length: int = 16, overlap: int = 4) -> "ContextWindows":
+        """All windows in one call on a GPU, where that turns each block's rounds of small kernel launches
+        into one. One per call on a CPU: one thread does the same arithmetic either way, and the batch
+        only holds every window's activations at once (64 frames took 3% more time batched in
+        bench/bench_windows.py, bench/README.md)."""
+        return cls(length, overlap, per_call=1 if device.type == "cpu" else None)
 
     def __post_init__(self) -> None:
         if not 0 <= self.overlap < self.length:
             raise ValueError(f"context overlap must be at least 0 and below the length {self.length}, got {self.overlap}")
+        if self.per_call is not None and self.per_call < 1:
+            raise ValueError(f"windows per call must be at least 1, got {self.per_call}")
 
     @property
     def stride(self) -> int:

@@ -70,7 +70,7 @@ class ModelManager:
         *,
         lora_dir: Path | None = None,
         max_lora_bytes: int | None = None,
-        context_windows: ContextWindows = ContextWindows(),
+        context_windows: ContextWindows | None = None,
         speedups: Speedups = Speedups(),
     ) -> None:
         self.device = torch.device(device)
@@ -79,7 +79,8 @@ class ModelManager:
         self.memory_budget_bytes = memory_budget_bytes
         self.lora_dir = lora_dir  # the only place user LoRAs given as local paths may come from
         self.max_lora_bytes = max_lora_bytes
-        self.context_windows = context_windows  # the endpoints' windows for long AnimateDiff clips
+        # The endpoints' windows for long AnimateDiff clips (default: the default windows for the device).
+        self.context_windows = context_windows or ContextWindows.for_device(self.device)
         self.speedups = speedups  # applied to each group once, as it loads
         self.checkpoints: Checkpoints = load_checkpoints(weights, tiny_root=Path(cache_dir) / "tiny")
         self._groups: OrderedDict[str, dict[str, Any]] = OrderedDict()  # group -> {"size": bytes, pipeline name -> pipe}
@@ -98,7 +99,7 @@ class ModelManager:
         return cls(
             settings.weights, settings.models_dir, device, budget,
             lora_dir=settings.user_lora_dir, max_lora_bytes=settings.max_fetch_bytes,
-            context_windows=ContextWindows(settings.context_length, settings.context_overlap),
+            context_windows=ContextWindows.for_device(torch.device(device), settings.context_length, settings.context_overlap),
             speedups=Speedups.from_settings(settings),
         )
 
