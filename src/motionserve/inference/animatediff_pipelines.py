@@ -1,9 +1,9 @@
 """diffusers' AnimateDiff pipelines, with FreeNoise's windows batched and precomputed prompt embeddings.
 
 FreeNoise (`enable_free_noise`) swaps the motion modules' transformer blocks for windowed ones; these
-pipelines swap in `context_windows.BatchedWindowsBlock`, which can run all windows of a block in one call
-instead of diffusers' loop over them (the endpoints do on a GPU), with the same results, and both ways (`disable_free_noise` too)
-the blocks keep the very parameter tensors rather than copies.
+pipelines swap in `context_windows.BatchedWindowsBlock`, which can run all windows of a block in one
+call instead of diffusers' loop over them (the endpoints do on a GPU), with the same results, and both
+ways (`disable_free_noise` too) the blocks keep the very parameter tensors rather than copies.
 
 The endpoints encode prompts themselves (A1111-style weights, `prompt_weighting`) and pass
 `prompt_embeds`/`negative_prompt_embeds`. diffusers 0.42 refuses embeddings once FreeNoise is enabled
