@@ -40,7 +40,7 @@ def forms(pipe: Any, overlaps: list[int]) -> dict[str, Callable[[], None]]:
     """Name -> how to put the pipeline's UNet in that form (16 frames: no windows)."""
     from diffusers import AnimateDiffPipeline
 
-    from motionserve.inference.context_windows import BatchedWindowsBlock
+    from motionserve.inference.context_windows import set_windows_per_call
 
     looped = AnimateDiffPipeline(**pipe.components)  # diffusers' own FreeNoise blocks, same modules
 
@@ -48,9 +48,7 @@ def forms(pipe: Any, overlaps: list[int]) -> dict[str, Callable[[], None]]:
         def enable() -> None:
             pipe.disable_free_noise()  # from either form back to plain blocks, then into this one
             owner.enable_free_noise(context_length=LENGTH, context_stride=LENGTH - overlap)
-            for module in pipe.unet.modules():
-                if isinstance(module, BatchedWindowsBlock):
-                    module.windows_per_call = per_call
+            set_windows_per_call(pipe.unet, per_call)
         return enable
 
     table: dict[str, Callable[[], None]] = {"16": pipe.disable_free_noise}

@@ -99,16 +99,14 @@ def configure_context_windows(pipe: "DiffusionPipeline", num_frames: int, window
     """
     from diffusers.models.attention import FreeNoiseTransformerBlock
 
-    from motionserve.inference.context_windows import BatchedWindowsBlock
+    from motionserve.inference.context_windows import set_windows_per_call
 
     want = num_frames > max_motion_frames(pipe)
     active = any(isinstance(m, FreeNoiseTransformerBlock) for m in pipe.unet.modules())
     if want:
         # Idempotent: already-swapped blocks just get their window settings refreshed.
         pipe.enable_free_noise(context_length=windows.length, context_stride=windows.stride)
-        for module in pipe.unet.modules():
-            if isinstance(module, BatchedWindowsBlock):
-                module.windows_per_call = windows.per_call
+        set_windows_per_call(pipe.unet, windows.per_call)
     elif active or pipe.free_noise_enabled:
         pipe.disable_free_noise()
     return want

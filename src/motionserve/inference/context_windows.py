@@ -164,6 +164,13 @@ class BatchedWindowsBlock(FreeNoiseTransformerBlock):
         return windowed
 
 
+def set_windows_per_call(model: torch.nn.Module, per_call: int | None) -> None:
+    """Bound how many windows every windowed block in `model` runs in one call (None: all)."""
+    for module in model.modules():
+        if isinstance(module, BatchedWindowsBlock):
+            module.windows_per_call = per_call
+
+
 def plain_block(block: FreeNoiseTransformerBlock) -> BasicTransformerBlock:
     """A windowed block back in its plain form, holding the same parameter tensors."""
     return _rebuild(BasicTransformerBlock, block)
